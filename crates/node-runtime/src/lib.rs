@@ -1,0 +1,111 @@
+//! The node runtime every fabric binary shares.
+//!
+//! A role's `main` parses [`NodeArgs`], calls [`NodeContext::init`] (topology, logging, metrics), binds
+//! its listeners, serves the admin endpoints with [`admin::serve`], and runs until [`NodeContext::shutdown`]
+//! is cancelled by SIGTERM or SIGINT.
+//!
+//! # Layout
+//! - `logging`: JSON log lines carrying node, site and role (human-readable on a terminal).
+//! - `admin`: `/metrics`, `/health`, `/ready`, `/status` over HTTP.
+//! - `shutdown`: signals to a `CancellationToken`, and the drain deadline.
+//!
+//! This crate knows nothing about any role's protocol; roles hand it a status closure and extra routes.
+
+pub mod admin;
+pub mod logging;
+pub mod shutdown;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topology::{Node, Role, Topology};
+
+/// The command line every node binary accepts.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct NodeArgs {
+    /// The topology file that describes the fabric.
+    #[arg(long, env = "FABRIC_TOPOLOGY")]
+    pub topology: PathBuf,
+    /// This node's name in the topology.
+    #[arg(long, env = "FABRIC_NODE")]
+    pub node: String,
+    /// Where this node keeps its state (default: ./var/nodes/NODE).
+    #[arg(long, env = "FABRIC_NODE_DATA")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Everything a running node needs to know about itself.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub topology: Arc<Topology>,
+    pub node: Node,
+    pub role: Role,
+    pub data_dir: PathBuf,
+    /// Cancelled when the node must stop (SIGTERM, SIGINT, or a test).
+    pub shutdown: CancellationToken,
+    /// Tracks sessions and background work so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub started: Instant,
+    pub metrics: PrometheusHandle,
+}
+
+impl NodeContext {
+    /// Loads the topology, checks this node exists with the expected role, starts logging and metrics.
+    pub fn init(args: &NodeArgs, role: Role) -> anyhow::Result<NodeContext> {
+        let topology = Topology::load(&args.topology)?;
+        let node = topology.node(&args.node).cloned().with_context(|| {
+            format!("{}: no node named {:?}", args.topology.display(), args.node)
+        })?;
+        if node.role() != role {
+            bail!(
+                "node {:?} has role {} in {}, but this binary runs {role}",
+                node.name,
+                node.role,
+                args.topology.display()
+            );
+        }
+        logging::init(&node.name, &node.site, role.as_str());
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("var").join("nodes").join(&node.name));
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+        Ok(NodeContext::new(Arc::new(topology), node, data_dir))
+    }
+
+    /// A context without logging set up (tests that run a role in-process use this).
+    pub fn new(topology: Arc<Topology>, node: Node, data_dir: PathBuf) -> NodeContext {
+        let role = node.role();
+        NodeContext {
+            topology,
+            node,
+            role,
+            data_dir,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            started: Instant::now(),
+            metrics: metrics_handle(),
+        }
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness); rendering then shows ours empty.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

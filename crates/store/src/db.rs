@@ -1,0 +1,210 @@
+//! Opening a store database: SQLite in WAL mode with `synchronous = FULL`, so a commit returns only once
+//! its WAL frames are fsynced. The same schema holds a store's own data and the copies it keeps for the
+//! stores it mirrors, so a mirror's copy can become a store's data again by copying one file.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Connection, Executor};
+
+use crate::error::StoreError;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS queue_items (
+    queue          TEXT NOT NULL,
+    id             INTEGER NOT NULL,
+    message_id     TEXT NOT NULL,
+    meta           TEXT,
+    body           BLOB NOT NULL,
+    enqueued_at_ms INTEGER NOT NULL,
+    visible_at_ms  INTEGER NOT NULL,
+    lease          TEXT,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    PRIMARY KEY (queue, id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS queue_items_message ON queue_items (queue, message_id);
+CREATE INDEX IF NOT EXISTS queue_items_visible ON queue_items (queue, visible_at_ms, id);
+CREATE TABLE IF NOT EXISTS mailboxes (
+    user        TEXT NOT NULL,
+    folder      TEXT NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uidnext     INTEGER NOT NULL,
+    PRIMARY KEY (user, folder)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    user             TEXT NOT NULL,
+    folder           TEXT NOT NULL,
+    uid              INTEGER NOT NULL,
+    message_id       TEXT NOT NULL,
+    flags            TEXT NOT NULL,
+    internal_date_ms INTEGER NOT NULL,
+    size             INTEGER NOT NULL,
+    body             BLOB NOT NULL,
+    PRIMARY KEY (user, folder, uid)
+);
+-- Every message id ever appended to a folder, expunged ones included: delivery is exactly once.
+CREATE TABLE IF NOT EXISTS delivered (
+    user       TEXT NOT NULL,
+    folder     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    uid        INTEGER NOT NULL,
+    PRIMARY KEY (user, folder, message_id)
+);
+CREATE TABLE IF NOT EXISTS trace (
+    message_id TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    node       TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    detail     TEXT,
+    PRIMARY KEY (message_id, seq)
+);
+CREATE TABLE IF NOT EXISTS transfer_log (
+    seq        INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    from_side  TEXT NOT NULL,
+    to_side    TEXT NOT NULL,
+    summary    TEXT,
+    at_ms      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    address       TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    alternate     TEXT,
+    sms           TEXT,
+    notify        TEXT NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocklist (
+    entry       TEXT PRIMARY KEY,
+    added_at_ms INTEGER NOT NULL
+);
+-- The tracking catalog: where each message lives in this store's data.
+CREATE TABLE IF NOT EXISTS catalog (
+    location   TEXT PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    at_ms      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS catalog_message ON catalog (message_id);
+-- Batches not yet held by every mirror (only a store's own database uses it).
+CREATE TABLE IF NOT EXISTS replog (
+    lsn   INTEGER PRIMARY KEY,
+    batch BLOB NOT NULL
+);
+"#;
+
+/// SQLite's page size; the quota is enforced in pages.
+const PAGE_SIZE: u64 = 4096;
+
+fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
+    let url = format!("sqlite://{}", path.display());
+    Ok(SqliteConnectOptions::from_str(&url)
+        .map_err(|e| StoreError::Internal(format!("database path {}: {e}", path.display())))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+        .pragma("page_size", PAGE_SIZE.to_string())
+        // Checkpoint often enough that the WAL stays small; SQLite fsyncs the database when it does.
+        .pragma("wal_autocheckpoint", "4000")
+        .statement_cache_capacity(64))
+}
+
+/// Opens (creating if needed) the single connection that writes a database.
+/// `quota_bytes` caps the database size: past it SQLite answers SQLITE_FULL, as on a full disk.
+pub async fn open_writer(
+    path: &Path,
+    quota_bytes: Option<u64>,
+) -> Result<SqliteConnection, StoreError> {
+    let mut conn = SqliteConnection::connect_with(&options(path)?).await?;
+    conn.execute(SCHEMA).await?;
+    if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
+        let pages = (quota / PAGE_SIZE).max(16);
+        conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
+            .await?;
+    }
+    Ok(conn)
+}
+
+/// Opens a pool of read connections to a database the writer has already created.
+pub async fn open_readers(path: &Path) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .connect_with(options(path)?.read_only(true))
+        .await?)
+}
+
+/// Reads a counter from the `meta` table (0 when absent).
+pub async fn meta_get<'e, E>(executor: E, key: &str) -> Result<i64, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let v: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        .bind(key)
+        .fetch_optional(executor)
+        .await?;
+    Ok(v.unwrap_or(0))
+}
+
+pub async fn meta_set<'e, E>(executor: E, key: &str, value: i64) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Writes a consistent copy of a database to `dest` (which must not exist), using `VACUUM INTO`.
+pub async fn snapshot_into(pool: &SqlitePool, dest: &Path) -> Result<(), StoreError> {
+    let dest = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Internal("snapshot path is not UTF-8".into()))?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(dest)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Removes a database file and its WAL and shared-memory files.
+pub fn remove_files(path: &Path) -> std::io::Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Moves a snapshot file into place as the database at `path` and fsyncs the directory, so the swap
+/// survives a crash.
+pub fn install_file(snapshot: &Path, path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(snapshot)?.sync_all()?;
+    remove_files(path)?;
+    std::fs::rename(snapshot, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,565 @@
+//! Replication: shipping committed batches to this store's mirrors, and deciding when a write is durable.
+//!
+//! Each mirror has a shipper task that sends every batch, in LSN order, one request in flight at a time
+//! (whatever accumulated meanwhile goes in the next request: group commit on the mirror too). A write
+//! is durable once it is committed here and its LSN is held by:
+//! - the other-site mirror (or the same-site one, in a one-site fabric), normally;
+//! - the same-site mirror while the other-site one is not in sync (down or catching up): degraded mode.
+//!
+//! A mirror that missed batches is caught up from the in-memory ring of recent batches, else from the
+//! `replog` table, else (if the log no longer reaches back) with a full snapshot of this store.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use sqlx::SqlitePool;
+use store_client::{ClientError, StoreClient};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+use crate::error::StoreError;
+use crate::ops::Shipment;
+
+/// Keep this many bytes of recent batches in memory for shippers.
+const RING_BYTES: usize = 64 * 1024 * 1024;
+/// Most bytes one shipment carries.
+const SHIP_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorKind {
+    OtherSite,
+    SameSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStatus {
+    /// The last request failed; not counted on for durability.
+    Down,
+    /// Answering, but still behind what was committed when it last answered.
+    CatchingUp,
+    /// Has everything that was committed when the last shipment left.
+    InSync,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    /// The last LSN the mirror holds; `None` until it has told us.
+    acked: Option<u64>,
+    status: LinkStatus,
+    last_error: Option<String>,
+}
+
+pub struct Link {
+    pub name: String,
+    pub kind: MirrorKind,
+    client: StoreClient,
+    state: Mutex<LinkState>,
+}
+
+impl Link {
+    fn snapshot(&self) -> (Option<u64>, LinkStatus) {
+        let s = lock(&self.state);
+        (s.acked, s.status)
+    }
+}
+
+/// Where a durable write lives.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    pub copies: Vec<String>,
+    pub degraded: bool,
+}
+
+pub struct Replication {
+    me: String,
+    links: Vec<Arc<Link>>,
+    /// Index of the mirror that normally takes the synchronous copy.
+    primary: usize,
+    /// Index of the same-site mirror that takes it while the primary is not in sync.
+    fallback: Option<usize>,
+    local: watch::Sender<u64>,
+    /// Bumped on every acknowledgement or state change; durability waiters watch it.
+    changed: watch::Sender<u64>,
+    ring: Mutex<VecDeque<(u64, Bytes)>>,
+    ring_bytes: Mutex<usize>,
+    /// Readers of this store's own database, for the replication log and snapshots.
+    readers: RwLock<Option<SqlitePool>>,
+    data_dir: PathBuf,
+    degraded_since: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Replication {
+    /// `mirrors` lists (name, kind, base URL); the other-site mirror, if any, is the primary one.
+    pub fn new(
+        me: String,
+        mirrors: Vec<(String, MirrorKind, String)>,
+        lsn: u64,
+        data_dir: PathBuf,
+        mirror_timeout: Duration,
+    ) -> Arc<Replication> {
+        let links: Vec<Arc<Link>> = mirrors
+            .into_iter()
+            .map(|(name, kind, url)| {
+                Arc::new(Link {
+                    name,
+                    kind,
+                    client: StoreClient::new(url).with_timeout(mirror_timeout),
+                    state: Mutex::new(LinkState {
+                        acked: None,
+                        status: LinkStatus::Down,
+                        last_error: None,
+                    }),
+                })
+            })
+            .collect();
+        let primary = links
+            .iter()
+            .position(|l| l.kind == MirrorKind::OtherSite)
+            .unwrap_or(0);
+        let fallback = if links.get(primary).map(|l| l.kind) == Some(MirrorKind::OtherSite) {
+            links.iter().position(|l| l.kind == MirrorKind::SameSite)
+        } else {
+            None
+        };
+        metrics::gauge!("fabric_store_lsn").set(lsn as f64);
+        Arc::new(Replication {
+            me,
+            links,
+            primary,
+            fallback,
+            local: watch::Sender::new(lsn),
+            changed: watch::Sender::new(0),
+            ring: Mutex::new(VecDeque::new()),
+            ring_bytes: Mutex::new(0),
+            readers: RwLock::new(None),
+            data_dir,
+            degraded_since: Mutex::new(None),
+        })
+    }
+
+    pub fn set_readers(&self, pool: SqlitePool) {
+        *self.readers.write().unwrap_or_else(|p| p.into_inner()) = Some(pool);
+    }
+
+    fn readers(&self) -> Option<SqlitePool> {
+        self.readers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn lsn(&self) -> u64 {
+        *self.local.borrow()
+    }
+
+    pub fn has_mirrors(&self) -> bool {
+        !self.links.is_empty()
+    }
+
+    /// Called by the writer after a batch is committed here.
+    pub fn publish(&self, lsn: u64, batch: Bytes) {
+        {
+            let mut ring = lock(&self.ring);
+            let mut bytes = lock(&self.ring_bytes);
+            *bytes += batch.len();
+            ring.push_back((lsn, batch));
+            while *bytes > RING_BYTES && ring.len() > 1 {
+                if let Some((_, b)) = ring.pop_front() {
+                    *bytes -= b.len();
+                }
+            }
+        }
+        self.local.send_replace(lsn);
+        metrics::gauge!("fabric_store_lsn").set(lsn as f64);
+    }
+
+    /// After a rebuild: the log starts again at `lsn`, and every mirror must say where it stands.
+    pub fn reset(&self, lsn: u64) {
+        lock(&self.ring).clear();
+        *lock(&self.ring_bytes) = 0;
+        for link in &self.links {
+            let mut s = lock(&link.state);
+            s.acked = None;
+            if s.status == LinkStatus::InSync {
+                s.status = LinkStatus::CatchingUp;
+            }
+        }
+        self.local.send_replace(lsn);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The lowest LSN every mirror holds: the log before it can go.
+    pub fn prunable(&self) -> u64 {
+        self.links
+            .iter()
+            .map(|l| l.snapshot().0.unwrap_or(0))
+            .min()
+            .unwrap_or_else(|| self.lsn())
+    }
+
+    pub fn degraded(&self) -> bool {
+        lock(&self.degraded_since).is_some()
+    }
+
+    /// Waits until the batch `lsn` is held by a mirror as the durability rule says, or `deadline` passes.
+    pub async fn wait_durable(&self, lsn: u64, deadline: Duration) -> Result<Durable, StoreError> {
+        if lsn == 0 {
+            return Ok(Durable {
+                copies: vec![self.me.clone()],
+                degraded: false,
+            });
+        }
+        let mut rx = self.changed.subscribe();
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            rx.borrow_and_update();
+            if let Some(d) = self.durable(lsn) {
+                return Ok(d);
+            }
+            match tokio::time::timeout_at(until, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => {
+                    return match self.durable(lsn) {
+                        Some(d) => Ok(d),
+                        None => {
+                            metrics::counter!("fabric_store_unmirrored_writes_total").increment(1);
+                            Err(StoreError::Unavailable(format!(
+                                "write {lsn} is on this store's disk but no mirror confirmed it within {deadline:?}; retry with the same message id"
+                            )))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    fn durable(&self, lsn: u64) -> Option<Durable> {
+        let primary = self.links.get(self.primary)?;
+        let (acked, status) = primary.snapshot();
+        if acked.unwrap_or(0) >= lsn {
+            return Some(Durable {
+                copies: vec![self.me.clone(), primary.name.clone()],
+                degraded: false,
+            });
+        }
+        if status != LinkStatus::InSync
+            && let Some(fb) = self.fallback.and_then(|i| self.links.get(i))
+            && fb.snapshot().0.unwrap_or(0) >= lsn
+        {
+            metrics::counter!("fabric_store_degraded_writes_total").increment(1);
+            return Some(Durable {
+                copies: vec![self.me.clone(), fb.name.clone()],
+                degraded: true,
+            });
+        }
+        None
+    }
+
+    fn set_state(
+        &self,
+        link: &Link,
+        acked: Option<u64>,
+        status: LinkStatus,
+        error: Option<String>,
+    ) {
+        let previous = {
+            let mut s = lock(&link.state);
+            let previous = s.status;
+            s.acked = acked;
+            s.status = status;
+            if error.is_some() || status != LinkStatus::Down {
+                s.last_error = error.clone();
+            }
+            previous
+        };
+        if previous != status {
+            match status {
+                LinkStatus::Down => {
+                    tracing::warn!(mirror = %link.name, kind = ?link.kind, error = error.as_deref().unwrap_or(""), "mirror unreachable")
+                }
+                LinkStatus::CatchingUp => {
+                    tracing::info!(mirror = %link.name, acked = acked.unwrap_or(0), lsn = self.lsn(), "mirror answering, catching up")
+                }
+                LinkStatus::InSync => {
+                    tracing::info!(mirror = %link.name, acked = acked.unwrap_or(0), "mirror in sync")
+                }
+            }
+        }
+        let label = link.name.clone();
+        metrics::gauge!("fabric_store_mirror_up", "mirror" => label.clone())
+            .set(if status == LinkStatus::Down { 0.0 } else { 1.0 });
+        metrics::gauge!("fabric_store_mirror_acked_lsn", "mirror" => label)
+            .set(acked.unwrap_or(0) as f64);
+        self.update_degraded();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    fn update_degraded(&self) {
+        let Some(primary) = self.links.get(self.primary) else {
+            return;
+        };
+        if self.fallback.is_none() {
+            return;
+        }
+        let degraded = primary.snapshot().1 != LinkStatus::InSync;
+        let mut since = lock(&self.degraded_since);
+        match (degraded, since.is_some()) {
+            (true, false) => {
+                *since = Some(Instant::now());
+                metrics::gauge!("fabric_store_degraded").set(1.0);
+                tracing::warn!(mirror = %primary.name, "degraded mode: the other site's mirror is not in sync; second copies go to the same-site mirror");
+            }
+            (false, true) => {
+                let secs = since.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+                *since = None;
+                metrics::gauge!("fabric_store_degraded").set(0.0);
+                tracing::info!(mirror = %primary.name, degraded_secs = secs, "degraded mode over: the other site's mirror caught up");
+            }
+            _ => {}
+        }
+    }
+
+    /// The replication state, for `/v1/replication` and `/status`.
+    pub fn report(&self) -> serde_json::Value {
+        let mirrors: Vec<_> = self
+            .links
+            .iter()
+            .map(|l| {
+                let s = lock(&l.state);
+                serde_json::json!({
+                    "mirror": l.name,
+                    "kind": l.kind,
+                    "acked_lsn": s.acked,
+                    "state": s.status,
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "store": self.me,
+            "lsn": self.lsn(),
+            "degraded": self.degraded(),
+            "mirrors": mirrors,
+        })
+    }
+
+    /// Starts one shipper per mirror.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        for link in &self.links {
+            let repl = Arc::clone(self);
+            let link = Arc::clone(link);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { repl.ship(link, shutdown).await });
+        }
+    }
+
+    async fn ship(&self, link: Arc<Link>, shutdown: CancellationToken) {
+        let mut local = self.local.subscribe();
+        let mut backoff = Duration::from_millis(50);
+        let mut ahead_warned = false;
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let (acked, status) = link.snapshot();
+            let acked = match acked {
+                Some(a) => a,
+                None => match link.client.replica_status(&self.me).await {
+                    Ok(a) => {
+                        let st = if status == LinkStatus::Down {
+                            LinkStatus::CatchingUp
+                        } else {
+                            status
+                        };
+                        self.set_state(&link, Some(a), st, None);
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.set_state(&link, None, LinkStatus::Down, Some(e.to_string()));
+                        pause(&shutdown, &mut backoff).await;
+                        continue;
+                    }
+                },
+            };
+            let target = *local.borrow_and_update();
+            if acked >= target {
+                if acked > target {
+                    if !ahead_warned {
+                        tracing::error!(mirror = %link.name, mirror_lsn = acked, lsn = target, "mirror holds a newer copy of this store than this store itself: rebuild this store from it (fabric store rebuild)");
+                        ahead_warned = true;
+                    }
+                    self.set_state(
+                        &link,
+                        Some(acked),
+                        LinkStatus::Down,
+                        Some("mirror is ahead of this store".into()),
+                    );
+                    pause(&shutdown, &mut backoff).await;
+                    self.set_state(&link, None, LinkStatus::Down, None);
+                    continue;
+                }
+                if status != LinkStatus::InSync {
+                    self.set_state(&link, Some(acked), LinkStatus::InSync, None);
+                }
+                tokio::select! {
+                    _ = local.changed() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            ahead_warned = false;
+            let batches = match self.collect(acked + 1).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the replication log");
+                    pause(&shutdown, &mut backoff).await;
+                    continue;
+                }
+            };
+            let outcome = if batches.first().map(|b| b.0) != Some(acked + 1) {
+                self.push_snapshot(&link).await
+            } else {
+                self.send(&link, batches).await
+            };
+            match outcome {
+                Ok(have) => {
+                    backoff = Duration::from_millis(50);
+                    let status = if have >= target {
+                        LinkStatus::InSync
+                    } else {
+                        LinkStatus::CatchingUp
+                    };
+                    self.set_state(&link, Some(have), status, None);
+                }
+                Err(ClientError::Status { status, body, .. }) if status.as_u16() == 409 => {
+                    let have = body["have"].as_u64().unwrap_or(0);
+                    tracing::info!(mirror = %link.name, have, "mirror asked to resume from its own position");
+                    let st = link.snapshot().1;
+                    self.set_state(
+                        &link,
+                        Some(have),
+                        if st == LinkStatus::Down {
+                            LinkStatus::CatchingUp
+                        } else {
+                            st
+                        },
+                        None,
+                    );
+                }
+                Err(e) => {
+                    self.set_state(&link, None, LinkStatus::Down, Some(e.to_string()));
+                    pause(&shutdown, &mut backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn send(&self, link: &Link, batches: Vec<(u64, Bytes)>) -> Result<u64, ClientError> {
+        let count = batches.len();
+        let shipment = Shipment {
+            batches: batches.into_iter().map(|(l, b)| (l, b.to_vec())).collect(),
+        };
+        let bytes = postcard::to_stdvec(&shipment).map_err(|e| ClientError::Decode {
+            url: link.client.base().to_string(),
+            message: e.to_string(),
+        })?;
+        metrics::counter!("fabric_store_shipments_total", "mirror" => link.name.clone())
+            .increment(1);
+        metrics::counter!("fabric_store_shipped_batches_total", "mirror" => link.name.clone())
+            .increment(count as u64);
+        link.client.replica_apply(&self.me, bytes.into()).await
+    }
+
+    /// Consecutive batches from `from`, from the ring if it reaches back that far, else from the log.
+    async fn collect(&self, from: u64) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        {
+            let ring = lock(&self.ring);
+            if let Some((first, _)) = ring.front()
+                && *first <= from
+            {
+                let mut out = Vec::new();
+                let mut bytes = 0;
+                for (lsn, b) in ring.iter().skip((from - first) as usize) {
+                    if bytes > SHIP_BYTES {
+                        break;
+                    }
+                    bytes += b.len();
+                    out.push((*lsn, b.clone()));
+                }
+                return Ok(out);
+            }
+        }
+        let Some(pool) = self.readers() else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT lsn, batch FROM replog WHERE lsn >= ? ORDER BY lsn LIMIT 4096")
+                .bind(from as i64)
+                .fetch_all(&pool)
+                .await?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (lsn, b) in rows {
+            if bytes > SHIP_BYTES {
+                break;
+            }
+            bytes += b.len();
+            out.push((lsn as u64, Bytes::from(b)));
+        }
+        Ok(out)
+    }
+
+    /// The log no longer reaches back to what the mirror has: send it a full copy instead.
+    async fn push_snapshot(&self, link: &Link) -> Result<u64, ClientError> {
+        let pool = self.readers().ok_or_else(|| ClientError::Decode {
+            url: link.client.base().to_string(),
+            message: "store not open".into(),
+        })?;
+        let file = self
+            .data_dir
+            .join(format!("outgoing-{}.sqlite", uuid::Uuid::new_v4().simple()));
+        tracing::info!(mirror = %link.name, "mirror is behind the replication log: sending a full snapshot");
+        db::snapshot_into(&pool, &file)
+            .await
+            .map_err(|e| ClientError::Decode {
+                url: link.client.base().to_string(),
+                message: format!("taking a snapshot: {e}"),
+            })?;
+        let result = link.client.upload_snapshot(&self.me, &file).await;
+        let _ = std::fs::remove_file(&file);
+        if result.is_ok() {
+            metrics::counter!("fabric_store_snapshots_sent_total").increment(1);
+        }
+        result
+    }
+
+    pub fn links(&self) -> &[Arc<Link>] {
+        &self.links
+    }
+}
+
+impl Link {
+    pub fn client(&self) -> &StoreClient {
+        &self.client
+    }
+}
+
+async fn pause(shutdown: &CancellationToken, backoff: &mut Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = shutdown.cancelled() => {}
+    }
+    *backoff = (*backoff * 2).min(Duration::from_millis(500));
+}

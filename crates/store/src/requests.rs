@@ -1,0 +1,559 @@
+//! Write requests, and how the writer turns each into physical operations.
+//!
+//! Each request first checks what it needs (does the item exist, is the lease ours), then decides every
+//! value (ids, UIDs, lease tokens, times) and applies the resulting [`PhysOp`]s through [`ops::apply`],
+//! the same function a mirror uses, so both copies end up identical.
+
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+
+use crate::error::StoreError;
+use crate::ops::{self, PhysOp};
+use crate::writer::Counters;
+
+#[derive(Debug)]
+pub enum Request {
+    Enqueue {
+        queue: String,
+        message_id: String,
+        meta: Option<String>,
+        body: Vec<u8>,
+    },
+    Lease {
+        queue: String,
+        max: u32,
+        visibility_ms: i64,
+    },
+    Ack {
+        queue: String,
+        id: i64,
+        lease: Option<String>,
+    },
+    Defer {
+        queue: String,
+        id: i64,
+        lease: Option<String>,
+        until_ms: i64,
+        error: Option<String>,
+    },
+    Append {
+        user: String,
+        folder: String,
+        message_id: String,
+        flags: Vec<String>,
+        internal_date_ms: Option<i64>,
+        body: Vec<u8>,
+    },
+    SetFlags {
+        user: String,
+        folder: String,
+        uid: i64,
+        change: FlagChange,
+    },
+    Expunge {
+        user: String,
+        folder: String,
+        uids: Option<Vec<i64>>,
+    },
+    Trace {
+        message_id: String,
+        node: String,
+        action: String,
+        at_ms: Option<i64>,
+        detail: Option<String>,
+    },
+    Transfer {
+        message_id: String,
+        from: String,
+        to: String,
+        summary: Option<String>,
+        at_ms: Option<i64>,
+    },
+    UserPut {
+        address: String,
+        password_hash: String,
+        alternate: Option<String>,
+        sms: Option<String>,
+        notify: String,
+    },
+    UserDelete {
+        address: String,
+    },
+    BlockPut {
+        entry: String,
+    },
+    BlockDelete {
+        entry: String,
+    },
+}
+
+impl Request {
+    /// Bytes of payload, to bound a batch.
+    pub fn body_len(&self) -> usize {
+        match self {
+            Request::Enqueue { body, .. } | Request::Append { body, .. } => body.len(),
+            _ => 64,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum FlagChange {
+    Set(Vec<String>),
+    AddRemove {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeasedItem {
+    pub id: i64,
+    pub message_id: String,
+    pub lease: String,
+    pub meta: Option<serde_json::Value>,
+    pub attempts: i64,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Enqueued {
+        id: i64,
+        message_id: String,
+        duplicate: bool,
+    },
+    Leased(Vec<LeasedItem>),
+    Acked,
+    Deferred {
+        visible_at_ms: i64,
+    },
+    Appended {
+        uid: i64,
+        uidvalidity: i64,
+        message_id: String,
+        duplicate: bool,
+    },
+    Flags(Vec<String>),
+    Expunged(Vec<i64>),
+    Seq(i64),
+    Done {
+        changed: bool,
+    },
+}
+
+/// What one request may use while the writer's transaction is open.
+pub struct Ctx<'a> {
+    pub conn: &'a mut SqliteConnection,
+    pub counters: &'a mut Counters,
+    pub now_ms: i64,
+    pub phys: &'a mut Vec<PhysOp>,
+}
+
+impl Ctx<'_> {
+    /// Applies an operation here and keeps it for the mirrors.
+    async fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
+        let rows = ops::apply(self.conn, &op).await?;
+        self.phys.push(op);
+        Ok(rows)
+    }
+}
+
+pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError> {
+    match request {
+        Request::Enqueue {
+            queue,
+            message_id,
+            meta,
+            body,
+        } => {
+            let existing: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM queue_items WHERE queue = ? AND message_id = ?")
+                    .bind(queue)
+                    .bind(message_id)
+                    .fetch_optional(&mut *ctx.conn)
+                    .await?;
+            if let Some(id) = existing {
+                return Ok(Reply::Enqueued {
+                    id,
+                    message_id: message_id.clone(),
+                    duplicate: true,
+                });
+            }
+            let id = ctx.counters.next_queue_id;
+            ctx.counters.next_queue_id += 1;
+            ctx.apply(PhysOp::QueueInsert {
+                queue: queue.clone(),
+                id,
+                message_id: message_id.clone(),
+                meta: meta.clone(),
+                body: body.clone(),
+                enqueued_at_ms: ctx.now_ms,
+                visible_at_ms: ctx.now_ms,
+            })
+            .await?;
+            Ok(Reply::Enqueued {
+                id,
+                message_id: message_id.clone(),
+                duplicate: false,
+            })
+        }
+        Request::Lease {
+            queue,
+            max,
+            visibility_ms,
+        } => {
+            let rows = sqlx::query(
+                "SELECT id, message_id, meta, attempts, body FROM queue_items
+                 WHERE queue = ? AND visible_at_ms <= ? ORDER BY visible_at_ms, id LIMIT ?",
+            )
+            .bind(queue)
+            .bind(ctx.now_ms)
+            .bind(*max as i64)
+            .fetch_all(&mut *ctx.conn)
+            .await?;
+            let mut items = Vec::with_capacity(rows.len());
+            for row in rows {
+                let lease = uuid::Uuid::new_v4().simple().to_string();
+                let id: i64 = row.try_get("id")?;
+                let meta: Option<String> = row.try_get("meta")?;
+                items.push(LeasedItem {
+                    id,
+                    message_id: row.try_get("message_id")?,
+                    lease: lease.clone(),
+                    meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
+                    attempts: row.try_get("attempts")?,
+                    body: row.try_get("body")?,
+                });
+                ctx.apply(PhysOp::QueueLease {
+                    queue: queue.clone(),
+                    id,
+                    lease,
+                    visible_at_ms: ctx.now_ms + visibility_ms,
+                })
+                .await?;
+            }
+            Ok(Reply::Leased(items))
+        }
+        Request::Ack { queue, id, lease } => {
+            check_lease(ctx, queue, *id, lease.as_deref()).await?;
+            ctx.apply(PhysOp::QueueDelete {
+                queue: queue.clone(),
+                id: *id,
+            })
+            .await?;
+            Ok(Reply::Acked)
+        }
+        Request::Defer {
+            queue,
+            id,
+            lease,
+            until_ms,
+            error,
+        } => {
+            let attempts = check_lease(ctx, queue, *id, lease.as_deref()).await?;
+            ctx.apply(PhysOp::QueueDefer {
+                queue: queue.clone(),
+                id: *id,
+                visible_at_ms: *until_ms,
+                attempts: attempts + 1,
+                last_error: error.clone(),
+            })
+            .await?;
+            Ok(Reply::Deferred {
+                visible_at_ms: *until_ms,
+            })
+        }
+        Request::Append {
+            user,
+            folder,
+            message_id,
+            flags,
+            internal_date_ms,
+            body,
+        } => {
+            let uidvalidity = ensure_mailbox(ctx, user, folder).await?;
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
+            )
+            .bind(user)
+            .bind(folder)
+            .bind(message_id)
+            .fetch_optional(&mut *ctx.conn)
+            .await?;
+            if let Some(uid) = existing {
+                return Ok(Reply::Appended {
+                    uid,
+                    uidvalidity,
+                    message_id: message_id.clone(),
+                    duplicate: true,
+                });
+            }
+            let uid: i64 =
+                sqlx::query_scalar("SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?")
+                    .bind(user)
+                    .bind(folder)
+                    .fetch_one(&mut *ctx.conn)
+                    .await?;
+            ctx.apply(PhysOp::MessageInsert {
+                user: user.clone(),
+                folder: folder.clone(),
+                uid,
+                message_id: message_id.clone(),
+                flags: join_flags(flags.iter().cloned()),
+                internal_date_ms: internal_date_ms.unwrap_or(ctx.now_ms),
+                body: body.clone(),
+            })
+            .await?;
+            Ok(Reply::Appended {
+                uid,
+                uidvalidity,
+                message_id: message_id.clone(),
+                duplicate: false,
+            })
+        }
+        Request::SetFlags {
+            user,
+            folder,
+            uid,
+            change,
+        } => {
+            let current: Option<String> = sqlx::query_scalar(
+                "SELECT flags FROM messages WHERE user = ? AND folder = ? AND uid = ?",
+            )
+            .bind(user)
+            .bind(folder)
+            .bind(uid)
+            .fetch_optional(&mut *ctx.conn)
+            .await?;
+            let current = current.ok_or_else(|| {
+                StoreError::NoSuchItem(format!("{user}/{folder} has no message with UID {uid}"))
+            })?;
+            let mut set: Vec<String> = split_flags(&current);
+            match change {
+                FlagChange::Set(flags) => set = flags.clone(),
+                FlagChange::AddRemove { add, remove } => {
+                    set.extend(add.iter().cloned());
+                    set.retain(|f| !remove.iter().any(|r| r.eq_ignore_ascii_case(f)));
+                }
+            }
+            let flags = join_flags(set.into_iter());
+            if flags != current {
+                ctx.apply(PhysOp::MessageFlags {
+                    user: user.clone(),
+                    folder: folder.clone(),
+                    uid: *uid,
+                    flags: flags.clone(),
+                })
+                .await?;
+            }
+            Ok(Reply::Flags(split_flags(&flags)))
+        }
+        Request::Expunge { user, folder, uids } => {
+            let rows = sqlx::query("SELECT uid, flags FROM messages WHERE user = ? AND folder = ?")
+                .bind(user)
+                .bind(folder)
+                .fetch_all(&mut *ctx.conn)
+                .await?;
+            let mut gone = Vec::new();
+            for row in rows {
+                let uid: i64 = row.try_get("uid")?;
+                let flags: String = row.try_get("flags")?;
+                let chosen = match uids {
+                    Some(list) => list.contains(&uid),
+                    None => split_flags(&flags).iter().any(|f| f == "\\Deleted"),
+                };
+                if chosen {
+                    ctx.apply(PhysOp::MessageExpunge {
+                        user: user.clone(),
+                        folder: folder.clone(),
+                        uid,
+                    })
+                    .await?;
+                    gone.push(uid);
+                }
+            }
+            Ok(Reply::Expunged(gone))
+        }
+        Request::Trace {
+            message_id,
+            node,
+            action,
+            at_ms,
+            detail,
+        } => {
+            let seq: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM trace WHERE message_id = ?",
+            )
+            .bind(message_id)
+            .fetch_one(&mut *ctx.conn)
+            .await?;
+            ctx.apply(PhysOp::TraceAppend {
+                message_id: message_id.clone(),
+                seq,
+                node: node.clone(),
+                action: action.clone(),
+                at_ms: at_ms.unwrap_or(ctx.now_ms),
+                detail: detail.clone(),
+            })
+            .await?;
+            Ok(Reply::Seq(seq))
+        }
+        Request::Transfer {
+            message_id,
+            from,
+            to,
+            summary,
+            at_ms,
+        } => {
+            let seq = ctx.counters.next_transfer_seq;
+            ctx.counters.next_transfer_seq += 1;
+            ctx.apply(PhysOp::TransferAppend {
+                seq,
+                message_id: message_id.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                summary: summary.clone(),
+                at_ms: at_ms.unwrap_or(ctx.now_ms),
+            })
+            .await?;
+            Ok(Reply::Seq(seq))
+        }
+        Request::UserPut {
+            address,
+            password_hash,
+            alternate,
+            sms,
+            notify,
+        } => {
+            let changed = ctx
+                .apply(PhysOp::UserPut {
+                    address: address.clone(),
+                    password_hash: password_hash.clone(),
+                    alternate: alternate.clone(),
+                    sms: sms.clone(),
+                    notify: notify.clone(),
+                    updated_at_ms: ctx.now_ms,
+                })
+                .await?;
+            Ok(Reply::Done {
+                changed: changed > 0,
+            })
+        }
+        Request::UserDelete { address } => {
+            let exists: Option<String> =
+                sqlx::query_scalar("SELECT address FROM users WHERE address = ?")
+                    .bind(address)
+                    .fetch_optional(&mut *ctx.conn)
+                    .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(format!("no user {address:?}")));
+            }
+            ctx.apply(PhysOp::UserDelete {
+                address: address.clone(),
+            })
+            .await?;
+            Ok(Reply::Done { changed: true })
+        }
+        Request::BlockPut { entry } => {
+            let changed = ctx
+                .apply(PhysOp::BlockPut {
+                    entry: entry.clone(),
+                    at_ms: ctx.now_ms,
+                })
+                .await?;
+            Ok(Reply::Done {
+                changed: changed > 0,
+            })
+        }
+        Request::BlockDelete { entry } => {
+            let changed = ctx
+                .apply(PhysOp::BlockDelete {
+                    entry: entry.clone(),
+                })
+                .await?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!(
+                    "{entry:?} is not on the blocklist"
+                )));
+            }
+            Ok(Reply::Done { changed: true })
+        }
+    }
+}
+
+/// Checks that `lease` (when given) still holds the item; returns its attempt count.
+/// A lease that expired but was not taken by anyone else still counts: the work was done.
+async fn check_lease(
+    ctx: &mut Ctx<'_>,
+    queue: &str,
+    id: i64,
+    lease: Option<&str>,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT lease, attempts FROM queue_items WHERE queue = ? AND id = ?")
+        .bind(queue)
+        .bind(id)
+        .fetch_optional(&mut *ctx.conn)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchItem(format!("queue {queue:?} has no item {id}")))?;
+    let held: Option<String> = row.try_get("lease")?;
+    if let Some(given) = lease
+        && held.as_deref() != Some(given)
+    {
+        return Err(StoreError::LeaseMismatch(format!(
+            "item {id} of queue {queue:?} is not held by lease {given}"
+        )));
+    }
+    Ok(row.try_get("attempts")?)
+}
+
+/// Creates the mailbox folder if needed; returns its UIDVALIDITY.
+async fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, StoreError> {
+    let existing: Option<i64> =
+        sqlx::query_scalar("SELECT uidvalidity FROM mailboxes WHERE user = ? AND folder = ?")
+            .bind(user)
+            .bind(folder)
+            .fetch_optional(&mut *ctx.conn)
+            .await?;
+    if let Some(v) = existing {
+        return Ok(v);
+    }
+    // Seconds since the epoch: grows over time, so a recreated folder gets a new UIDVALIDITY (RFC 3501).
+    let uidvalidity = (ctx.now_ms / 1000).clamp(1, u32::MAX as i64);
+    ctx.apply(PhysOp::MailboxCreate {
+        user: user.to_string(),
+        folder: folder.to_string(),
+        uidvalidity,
+    })
+    .await?;
+    Ok(uidvalidity)
+}
+
+pub fn split_flags(flags: &str) -> Vec<String> {
+    flags.split_whitespace().map(str::to_string).collect()
+}
+
+/// Flags are stored sorted and de-duplicated, separated by spaces.
+pub fn join_flags(flags: impl Iterator<Item = String>) -> String {
+    let mut v: Vec<String> = flags.filter(|f| !f.is_empty()).collect();
+    v.sort_by_key(|f| f.to_ascii_lowercase());
+    v.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
+    v.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_sorted_and_unique() {
+        let joined = join_flags(
+            ["\\Seen", "\\Flagged", "\\seen", ""]
+                .into_iter()
+                .map(String::from),
+        );
+        assert_eq!(joined, "\\Flagged \\Seen");
+        assert_eq!(split_flags(&joined), vec!["\\Flagged", "\\Seen"]);
+    }
+}

@@ -1,0 +1,293 @@
+//! The writer: the one task that writes a store's own database, with group commit.
+//!
+//! Handlers send [`Request`]s; the writer takes every request waiting (up to a batch limit), decides
+//! each one's physical operations (ids, UIDs, leases), applies them in one transaction, appends the
+//! batch to the replication log in that same transaction, commits (one fsync for the whole batch) and
+//! hands the batch to replication. Each handler then gets its [`Reply`] and the sequence number (LSN) it
+//! must see mirrored before it answers the client. So concurrent writers share fsyncs, and the mirror
+//! round trip of one batch overlaps the commit of the next.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db;
+use crate::error::StoreError;
+use crate::ops::{self, PhysOp};
+use crate::replication::Replication;
+use crate::requests::{self, Reply, Request};
+use crate::util::now_ms;
+
+/// Most requests one transaction takes.
+const MAX_BATCH: usize = 512;
+/// Most body bytes one transaction takes (a single larger request still goes alone).
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// A finished write: what to answer, and the LSN that must be mirrored first.
+pub type WriteResult = Result<(u64, Reply), StoreError>;
+
+pub enum Command {
+    Write(Request, oneshot::Sender<WriteResult>),
+    /// Replace the database with a snapshot file (rebuild); answers the new LSN.
+    Install(PathBuf, oneshot::Sender<Result<u64, StoreError>>),
+    /// Answers the current LSN once every write sent before it is committed.
+    Barrier(oneshot::Sender<u64>),
+    /// Drops replication-log batches up to this LSN (every mirror holds them).
+    Prune(u64),
+}
+
+/// The handle handlers use to reach the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl WriterHandle {
+    pub async fn write(&self, request: Request) -> WriteResult {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Write(request, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+
+    pub async fn barrier(&self) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Barrier(tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))
+    }
+
+    pub async fn prune(&self, upto: u64) {
+        let _ = self.tx.send(Command::Prune(upto)).await;
+    }
+
+    pub async fn install(&self, snapshot: PathBuf) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Install(snapshot, tx))
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+}
+
+/// Counters the writer keeps in memory and persists with every batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counters {
+    pub lsn: u64,
+    pub next_queue_id: i64,
+    pub next_transfer_seq: i64,
+}
+
+pub struct Writer {
+    conn: SqliteConnection,
+    path: PathBuf,
+    quota: Option<u64>,
+    counters: Counters,
+    repl: Arc<Replication>,
+}
+
+impl Writer {
+    pub async fn open(
+        path: PathBuf,
+        quota: Option<u64>,
+        repl: Arc<Replication>,
+    ) -> Result<Writer, StoreError> {
+        let mut conn = db::open_writer(&path, quota).await?;
+        let counters = load_counters(&mut conn).await?;
+        Ok(Writer {
+            conn,
+            path,
+            quota,
+            counters,
+            repl,
+        })
+    }
+
+    pub fn lsn(&self) -> u64 {
+        self.counters.lsn
+    }
+
+    /// Runs until every handle is dropped.
+    pub fn spawn(self) -> WriterHandle {
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(self.run(rx));
+        WriterHandle { tx }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut pending: Option<Command> = None;
+        loop {
+            let first = match pending.take() {
+                Some(c) => c,
+                None => match rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let first = match first {
+                Command::Install(path, reply) => {
+                    let result = self.install(path).await;
+                    let _ = reply.send(result);
+                    continue;
+                }
+                Command::Barrier(reply) => {
+                    let _ = reply.send(self.counters.lsn);
+                    continue;
+                }
+                Command::Prune(upto) => {
+                    let pruned = sqlx::query("DELETE FROM replog WHERE lsn <= ?")
+                        .bind(upto as i64)
+                        .execute(&mut self.conn)
+                        .await;
+                    if let Err(e) = pruned {
+                        tracing::warn!(error = %e, "pruning the replication log");
+                    }
+                    continue;
+                }
+                Command::Write(r, reply) => (r, reply),
+            };
+            let mut bytes = first.0.body_len();
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(Command::Write(r, reply)) => {
+                        bytes += r.body_len();
+                        batch.push((r, reply));
+                    }
+                    Ok(other) => {
+                        pending = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch).await;
+        }
+        tracing::info!("writer stopped");
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<(Request, oneshot::Sender<WriteResult>)>) {
+        let started = Instant::now();
+        let saved = self.counters;
+        let size = batch.len();
+        let outcome = self.execute_batch(&batch).await;
+        match outcome {
+            Ok((replies, phys_count)) => {
+                let lsn = self.counters.lsn;
+                for ((_, reply_tx), reply) in batch.into_iter().zip(replies) {
+                    let _ = reply_tx.send(reply.map(|r| (lsn, r)));
+                }
+                metrics::counter!("fabric_store_write_batches_total").increment(1);
+                metrics::histogram!("fabric_store_batch_requests").record(size as f64);
+                metrics::histogram!("fabric_store_commit_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!("fabric_store_ops_total").increment(phys_count as u64);
+            }
+            Err(e) => {
+                self.counters = saved;
+                if matches!(e, StoreError::StorageFull) {
+                    metrics::counter!("fabric_store_storage_full_total").increment(1);
+                    tracing::warn!(
+                        requests = size,
+                        "storage full: batch refused, writers told to retry later"
+                    );
+                } else {
+                    tracing::error!(error = %e, requests = size, "batch failed and was rolled back");
+                }
+                for (_, reply_tx) in batch {
+                    let _ = reply_tx.send(Err(e.again()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole batch. Per-request refusals (404, 409, 400) leave the batch going;
+    /// a database error rolls all of it back.
+    async fn execute_batch(
+        &mut self,
+        batch: &[(Request, oneshot::Sender<WriteResult>)],
+    ) -> Result<(Vec<Result<Reply, StoreError>>, usize), StoreError> {
+        let mut tx = self.conn.begin().await?;
+        let mut phys: Vec<PhysOp> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let now = now_ms();
+        for (request, _) in batch {
+            let mut ctx = requests::Ctx {
+                conn: &mut tx,
+                counters: &mut self.counters,
+                now_ms: now,
+                phys: &mut phys,
+            };
+            match requests::execute(&mut ctx, request).await {
+                Ok(reply) => replies.push(Ok(reply)),
+                Err(e) if e.is_request_error() => replies.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let encoded = if phys.is_empty() {
+            None
+        } else {
+            self.counters.lsn += 1;
+            let encoded = ops::encode_batch(&phys)?;
+            sqlx::query("INSERT INTO replog (lsn, batch) VALUES (?, ?)")
+                .bind(self.counters.lsn as i64)
+                .bind(&encoded)
+                .execute(&mut *tx)
+                .await?;
+            db::meta_set(&mut *tx, "lsn", self.counters.lsn as i64).await?;
+            db::meta_set(&mut *tx, "next_queue_id", self.counters.next_queue_id).await?;
+            Some(encoded)
+        };
+        tx.commit().await?;
+        if let Some(encoded) = encoded {
+            self.repl.publish(self.counters.lsn, encoded.into());
+        }
+        Ok((replies, phys.len()))
+    }
+
+    /// Swaps the database for a snapshot taken from a mirror, and restarts replication from its LSN.
+    async fn install(&mut self, snapshot: PathBuf) -> Result<u64, StoreError> {
+        // Close our connection before the file under it moves.
+        let placeholder = SqliteConnection::connect("sqlite::memory:").await?;
+        let old = std::mem::replace(&mut self.conn, placeholder);
+        old.close().await?;
+        let installed = db::install_file(&snapshot, &self.path)
+            .map_err(|e| StoreError::Internal(format!("installing snapshot: {e}")));
+        // Whatever happened, reopen what is at the path so the store keeps a working connection.
+        let mut conn = db::open_writer(&self.path, self.quota).await?;
+        // A mirror's copy carries no replication log of ours worth keeping: start afresh.
+        sqlx::query("DELETE FROM replog").execute(&mut conn).await?;
+        self.counters = load_counters(&mut conn).await?;
+        self.conn = conn;
+        self.repl.reset(self.counters.lsn);
+        installed?;
+        Ok(self.counters.lsn)
+    }
+}
+
+async fn load_counters(conn: &mut SqliteConnection) -> Result<Counters, StoreError> {
+    let lsn = db::meta_get(&mut *conn, "lsn").await?.max(0) as u64;
+    let stored_next = db::meta_get(&mut *conn, "next_queue_id").await?;
+    let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM queue_items")
+        .fetch_one(&mut *conn)
+        .await?;
+    let max_seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM transfer_log")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Counters {
+        lsn,
+        next_queue_id: stored_next.max(max_id.unwrap_or(0) + 1).max(1),
+        next_transfer_seq: max_seq.unwrap_or(0) + 1,
+    })
+}
