@@ -71,6 +71,22 @@ impl AdminServer {
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let shutdown = self.state.ctx.shutdown.clone();
         let metrics = self.state.ctx.metrics.clone();
+        let ctx = &self.state.ctx;
+        metrics::describe_gauge!(
+            "fabric_node_info",
+            "Always 1; its labels name the node, its role and its site."
+        );
+        metrics::gauge!("fabric_node_info", "node" => ctx.node.name.clone(), "role" => ctx.role.as_str(), "site" => ctx.node.site.clone()).set(1.0);
+        metrics::describe_gauge!(
+            "fabric_node_start_time_seconds",
+            metrics::Unit::Seconds,
+            "When the node started, in seconds since the Unix epoch."
+        );
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64() - ctx.started.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        metrics::gauge!("fabric_node_start_time_seconds").set(started);
         let upkeep_stop = shutdown.clone();
         // Summaries and histograms need periodic upkeep when the recorder is not installed by a builder.
         tokio::spawn(async move {

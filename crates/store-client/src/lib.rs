@@ -16,7 +16,7 @@ use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
-use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper::{HeaderMap, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 mod types;
+pub use hyper::{Method, StatusCode};
 pub use types::*;
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;

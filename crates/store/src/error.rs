@@ -103,6 +103,7 @@ impl From<sqlx::Error> for StoreError {
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
         let status = self.status();
+        metrics::counter!("fabric_store_errors_total", "code" => self.code()).increment(1);
         let mut body = json!({"error": self.code(), "message": self.to_string()});
         if let StoreError::LsnGap { have, .. } = &self {
             body["have"] = json!(have);

@@ -25,6 +25,7 @@ mod rebuild;
 mod replicas;
 mod replication;
 mod requests;
+mod telemetry;
 mod util;
 mod writer;
 
@@ -127,6 +128,7 @@ impl Store {
 
 /// Opens the store and serves its API on `data` and the admin endpoints on `admin` until shutdown.
 pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> anyhow::Result<()> {
+    telemetry::describe();
     let config = StoreConfig::from_context(&ctx);
     let db_path = ctx.data_dir.join("store.sqlite");
     let fresh = !db_path.exists();

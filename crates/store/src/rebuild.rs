@@ -42,7 +42,7 @@ async fn rebuild_handler(
 /// rebuilds from the newest copy if there is one.
 pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
     let me = store.ctx.node.name.clone();
-    let mut waited = Duration::ZERO;
+    let mut attempts = 0u64;
     loop {
         let mut best: Option<(String, u64)> = None;
         let mut missing = Vec::new();
@@ -63,11 +63,11 @@ pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
         if missing.is_empty() {
             return Ok(());
         }
-        if waited.as_secs() % 10 == 0 {
+        if attempts.is_multiple_of(20) {
             tracing::warn!(unreachable = ?missing, "empty disk: waiting for every mirror to say whether it holds this store's data");
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(500)) => waited += Duration::from_millis(500),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => attempts += 1,
             _ = store.ctx.shutdown.cancelled() => anyhow::bail!("shut down while waiting for mirrors"),
         }
     }

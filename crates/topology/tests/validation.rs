@@ -1,0 +1,163 @@
+//! Topology files: the shipped ones load, and each rule names the file, the node and the field.
+
+use std::path::{Path, PathBuf};
+
+use topology::{Role, Topology};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn two_site_text() -> String {
+    std::fs::read_to_string(root().join("topology/two-site.toml"))
+        .expect("two-site.toml is readable")
+}
+
+/// Parses `text` as if it were `bad.toml` and returns the problems (panics if it was valid).
+fn problems(text: &str) -> (String, Vec<String>) {
+    let err = Topology::parse(text, Path::new("bad.toml")).expect_err("topology must be refused");
+    (err.to_string(), err.problems().to_vec())
+}
+
+fn assert_problem(text: &str, expected: &[&str]) {
+    let (display, problems) = problems(text);
+    assert!(
+        display.starts_with("bad.toml"),
+        "error names the file: {display}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| expected.iter().all(|e| p.contains(e))),
+        "expected a problem containing {expected:?}, got {problems:#?}"
+    );
+}
+
+#[test]
+fn shipped_topologies_are_valid() {
+    let two = Topology::load(root().join("topology/two-site.toml")).expect("two-site loads");
+    assert_eq!(two.sites.len(), 2);
+    assert_eq!(two.nodes_with_role(Role::Store).count(), 4);
+    for site in ["west", "east"] {
+        let stores = two
+            .nodes_with_role(Role::Store)
+            .filter(|n| n.site == site)
+            .count();
+        assert_eq!(stores, 2, "two stores in {site}");
+    }
+    let w1 = two.mirror_of("store-w1");
+    assert_eq!(w1.other_site.as_deref(), Some("store-e1"));
+    assert_eq!(w1.same_site.as_deref(), Some("store-w2"));
+    assert_eq!(two.home_of_domain("ACME.example"), Some("west"));
+    // Defaults from the design brief.
+    assert_eq!(two.timing.relay_retry.as_secs(), 30);
+    assert_eq!(two.timing.transfer_sweep.as_secs(), 30);
+    assert_eq!(two.timing.archive_retention.as_secs(), 15 * 24 * 3600);
+    let mini = Topology::load(root().join("topology/mini.toml")).expect("mini loads");
+    assert_eq!(mini.sites.len(), 1);
+    assert_eq!(mini.mirrored_by("store-b"), vec!["store-a".to_string()]);
+}
+
+#[test]
+fn timing_defaults_apply_when_absent() {
+    let text = two_site_text();
+    let start = text.find("[timing]").expect("has timing");
+    let end = text.find("[limits]").expect("has limits");
+    let without = format!("{}{}", &text[..start], &text[end..]);
+    let t = Topology::parse(&without, Path::new("x.toml")).expect("valid without [timing]");
+    assert_eq!(t.timing.relay_retry.as_secs(), 30);
+    assert_eq!(t.timing.archive_retention.as_secs(), 15 * 24 * 3600);
+}
+
+#[test]
+fn duplicate_address_names_both_nodes() {
+    let text = two_site_text().replace("address = \"127.1.0.12\"", "address = \"127.1.0.11\"");
+    assert_problem(
+        &text,
+        &["node \"store-w2\"", "field \"address\"", "store-w1"],
+    );
+}
+
+#[test]
+fn duplicate_port_on_a_node() {
+    let text = two_site_text().replacen("ports = { store = 7100 }", "ports = { store = 9100 }", 1);
+    assert_problem(&text, &["node \"store-w1\"", "ports.store", "9100"]);
+}
+
+#[test]
+fn unknown_role_lists_the_known_ones() {
+    let text = two_site_text().replacen("role = \"store\"", "role = \"mailman\"", 1);
+    assert_problem(
+        &text,
+        &["node \"store-w1\"", "field \"role\"", "mailman", "inet-mx"],
+    );
+}
+
+#[test]
+fn address_outside_its_zone() {
+    let text = two_site_text().replace("address = \"127.2.0.12\"", "address = \"127.9.0.12\"");
+    assert_problem(
+        &text,
+        &[
+            "node \"store-e2\"",
+            "field \"address\"",
+            "outside",
+            "lan-east",
+        ],
+    );
+}
+
+#[test]
+fn node_in_the_other_sites_lan() {
+    let text = two_site_text().replacen("zones = [\"lan-west\"]", "zones = [\"lan-east\"]", 1);
+    assert_problem(&text, &["node \"store-w1\"", "field \"zones\"", "lan-east"]);
+}
+
+#[test]
+fn missing_mirror() {
+    let text = two_site_text().replace(
+        "store-w1 = { other_site = \"store-e1\", same_site = \"store-w2\" }",
+        "store-w1 = { same_site = \"store-w2\" }",
+    );
+    assert_problem(&text, &["mirrors.\"store-w1\"", "other_site", "missing"]);
+}
+
+#[test]
+fn mirror_in_the_wrong_site() {
+    let text = two_site_text().replace(
+        "store-w1 = { other_site = \"store-e1\", same_site = \"store-w2\" }",
+        "store-w1 = { other_site = \"store-w2\", same_site = \"store-e2\" }",
+    );
+    assert_problem(&text, &["mirrors.\"store-w1\"", "other_site", "same site"]);
+    assert_problem(
+        &text,
+        &["mirrors.\"store-w1\"", "same_site", "store-e2", "east"],
+    );
+}
+
+#[test]
+fn mirror_that_is_not_a_store() {
+    let text = two_site_text().replace("store-e1 = { other_site", "store-zz = { other_site");
+    assert_problem(&text, &["mirrors.\"store-zz\"", "no store"]);
+}
+
+#[test]
+fn unknown_field_is_a_parse_error_with_position() {
+    let text = two_site_text().replacen("admin = 9100", "admin = 9100\nadmn = 1", 1);
+    let err = Topology::parse(&text, Path::new("bad.toml")).expect_err("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("bad.toml") && msg.contains("admn"), "{msg}");
+}
+
+#[test]
+fn offset_ports_moves_every_port() {
+    let mut t = Topology::load(root().join("topology/mini.toml")).expect("mini loads");
+    t.offset_ports(300).expect("fits");
+    let a = t.node("store-a").expect("store-a");
+    assert_eq!(a.admin, 9400);
+    assert_eq!(a.ports["store"], 7400);
+    assert!(t.offset_ports(u16::MAX).is_err());
+    let text = t.to_toml().expect("serializes");
+    let again = Topology::parse(&text, Path::new("relocated.toml")).expect("round-trips");
+    assert_eq!(again.node("store-b").expect("store-b").ports["store"], 7400);
+}

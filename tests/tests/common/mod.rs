@@ -1,0 +1,58 @@
+//! Helpers shared by the system tests.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use store_client::{Method, StoreClient};
+use testkit::Sandbox;
+
+/// A client for a store of the sandbox, with a timeout short enough for tests.
+pub fn store(sandbox: &Sandbox, node: &str) -> StoreClient {
+    StoreClient::new(sandbox.url(node, "store")).with_timeout(Duration::from_secs(20))
+}
+
+/// The text of a node's `/metrics`.
+pub async fn metrics(sandbox: &Sandbox, node: &str) -> anyhow::Result<String> {
+    let admin = StoreClient::new(sandbox.admin_url(node));
+    let resp = admin.raw(Method::GET, "/metrics", &[], bytes::Bytes::new()).await?;
+    Ok(String::from_utf8_lossy(&resp.body).into_owned())
+}
+
+/// Sum of the samples of `name` whose labels contain every `label="value"` pair given.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, r)) => (m, r),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            if !labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// The JSON of a node's `/v1/replication`.
+pub async fn replication(sandbox: &Sandbox, node: &str) -> anyhow::Result<Value> {
+    Ok(store(sandbox, node).replication().await?)
+}
+
+/// The state of `mirror` as `node` sees it ("up"/"in_sync"/...).
+pub fn mirror_state(report: &Value, mirror: &str) -> Option<String> {
+    report["mirrors"]
+        .as_array()?
+        .iter()
+        .find(|m| m["mirror"] == mirror)
+        .and_then(|m| m["state"].as_str().map(str::to_string))
+}
