@@ -7,29 +7,24 @@
 //!
 //! It knows nothing of where stores are: callers pass a base URL such as `http://127.1.0.11:7100`.
 
-use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::TryStreamExt;
-use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Request};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
+mod endpoints;
 mod types;
 pub use hyper::{Method, StatusCode};
 pub use types::*;
 
-type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -159,7 +154,7 @@ impl StoreClient {
         self.send(method, path_and_query, &all, body).await
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path_and_query: &str,
@@ -228,7 +223,7 @@ impl StoreClient {
         check(&self.base, path_and_query, resp)
     }
 
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         path_and_query: &str,
@@ -242,7 +237,7 @@ impl StoreClient {
         })
     }
 
-    async fn json_body<T: DeserializeOwned>(
+    pub(crate) async fn json_body<T: DeserializeOwned>(
         &self,
         method: Method,
         path_and_query: &str,
@@ -257,461 +252,15 @@ impl StoreClient {
         )
         .await
     }
-
-    // --- queues ---
-
-    /// Enqueues `body`; `message_id` makes a retry idempotent.
-    pub async fn enqueue(
-        &self,
-        queue: &str,
-        message_id: Option<&str>,
-        meta: Option<&Value>,
-        body: impl Into<Bytes>,
-    ) -> Result<Written<Enqueued>, ClientError> {
-        let mut headers = Vec::new();
-        if let Some(id) = message_id {
-            headers.push(("x-fabric-message-id", id.to_string()));
-        }
-        if let Some(meta) = meta {
-            headers.push(("x-fabric-meta", meta.to_string()));
-        }
-        let resp = self
-            .call(
-                Method::POST,
-                &format!("/v1/queues/{}", segment(queue)),
-                &headers,
-                body,
-            )
-            .await?;
-        written(&self.base, resp)
-    }
-
-    pub async fn queues(&self) -> Result<Value, ClientError> {
-        self.json(Method::GET, "/v1/queues", &[], Bytes::new())
-            .await
-    }
-
-    pub async fn list_queue(
-        &self,
-        queue: &str,
-        origin: Option<&str>,
-    ) -> Result<Vec<QueueItem>, ClientError> {
-        #[derive(Deserialize)]
-        struct L {
-            items: Vec<QueueItem>,
-        }
-        let l: L = self
-            .json(
-                Method::GET,
-                &format!(
-                    "/v1/queues/{}?limit=100000{}",
-                    segment(queue),
-                    origin_param(origin, '&')
-                ),
-                &[],
-                Bytes::new(),
-            )
-            .await?;
-        Ok(l.items)
-    }
-
-    pub async fn get_item(
-        &self,
-        queue: &str,
-        id: i64,
-        origin: Option<&str>,
-    ) -> Result<Bytes, ClientError> {
-        let path = format!(
-            "/v1/queues/{}/items/{id}{}",
-            segment(queue),
-            origin_param(origin, '?')
-        );
-        Ok(self.call(Method::GET, &path, &[], Bytes::new()).await?.body)
-    }
-
-    pub async fn lease(
-        &self,
-        queue: &str,
-        max: u32,
-        visibility: Duration,
-    ) -> Result<Vec<Leased>, ClientError> {
-        #[derive(Deserialize)]
-        struct L {
-            items: Vec<LeasedWire>,
-        }
-        let path = format!(
-            "/v1/queues/{}/lease?max={max}&visibility_ms={}",
-            segment(queue),
-            visibility.as_millis()
-        );
-        let l: L = self.json(Method::POST, &path, &[], Bytes::new()).await?;
-        l.items
-            .into_iter()
-            .map(|w| {
-                let body = base64::engine::general_purpose::STANDARD
-                    .decode(w.body_b64.as_bytes())
-                    .map_err(|e| ClientError::Decode {
-                        url: format!("{}{}", self.base, path),
-                        message: format!("body_b64: {e}"),
-                    })?;
-                Ok(Leased {
-                    id: w.id,
-                    message_id: w.message_id,
-                    lease: w.lease,
-                    meta: w.meta,
-                    attempts: w.attempts,
-                    body: body.into(),
-                })
-            })
-            .collect()
-    }
-
-    /// Acknowledges (removes) a leased item.
-    pub async fn ack(&self, queue: &str, id: i64, lease: &str) -> Result<(), ClientError> {
-        let path = format!(
-            "/v1/queues/{}/items/{id}?lease={}",
-            segment(queue),
-            segment(lease)
-        );
-        self.call(Method::DELETE, &path, &[], Bytes::new()).await?;
-        Ok(())
-    }
-
-    pub async fn defer(
-        &self,
-        queue: &str,
-        id: i64,
-        lease: &str,
-        delay: Duration,
-        error: Option<&str>,
-    ) -> Result<(), ClientError> {
-        let mut path = format!(
-            "/v1/queues/{}/items/{id}/defer?lease={}&delay_ms={}",
-            segment(queue),
-            segment(lease),
-            delay.as_millis()
-        );
-        if let Some(e) = error {
-            path.push_str(&format!("&error={}", segment(e)));
-        }
-        self.call(Method::POST, &path, &[], Bytes::new()).await?;
-        Ok(())
-    }
-
-    // --- mailboxes ---
-
-    pub async fn append(
-        &self,
-        user: &str,
-        folder: &str,
-        message_id: Option<&str>,
-        flags: &[&str],
-        body: impl Into<Bytes>,
-    ) -> Result<Written<Appended>, ClientError> {
-        let mut headers = Vec::new();
-        if let Some(id) = message_id {
-            headers.push(("x-fabric-message-id", id.to_string()));
-        }
-        if !flags.is_empty() {
-            headers.push(("x-fabric-flags", flags.join(" ")));
-        }
-        let path = format!("/v1/mailboxes/{}/{}", segment(user), segment(folder));
-        let resp = self.call(Method::POST, &path, &headers, body).await?;
-        written(&self.base, resp)
-    }
-
-    pub async fn list_mailbox(
-        &self,
-        user: &str,
-        folder: &str,
-        origin: Option<&str>,
-    ) -> Result<MailboxListing, ClientError> {
-        let path = format!(
-            "/v1/mailboxes/{}/{}{}",
-            segment(user),
-            segment(folder),
-            origin_param(origin, '?')
-        );
-        self.json(Method::GET, &path, &[], Bytes::new()).await
-    }
-
-    pub async fn folders(&self, user: &str, origin: Option<&str>) -> Result<Value, ClientError> {
-        let path = format!(
-            "/v1/mailboxes/{}{}",
-            segment(user),
-            origin_param(origin, '?')
-        );
-        self.json(Method::GET, &path, &[], Bytes::new()).await
-    }
-
-    pub async fn fetch(
-        &self,
-        user: &str,
-        folder: &str,
-        uid: i64,
-        origin: Option<&str>,
-    ) -> Result<Bytes, ClientError> {
-        let path = format!(
-            "/v1/mailboxes/{}/{}/{uid}{}",
-            segment(user),
-            segment(folder),
-            origin_param(origin, '?')
-        );
-        Ok(self.call(Method::GET, &path, &[], Bytes::new()).await?.body)
-    }
-
-    pub async fn set_flags(
-        &self,
-        user: &str,
-        folder: &str,
-        uid: i64,
-        change: &Value,
-    ) -> Result<Vec<String>, ClientError> {
-        #[derive(Deserialize)]
-        struct F {
-            flags: Vec<String>,
-        }
-        let path = format!(
-            "/v1/mailboxes/{}/{}/{uid}/flags",
-            segment(user),
-            segment(folder)
-        );
-        let f: F = self.json_body(Method::POST, &path, change).await?;
-        Ok(f.flags)
-    }
-
-    pub async fn expunge(
-        &self,
-        user: &str,
-        folder: &str,
-        uids: Option<&[i64]>,
-    ) -> Result<Vec<i64>, ClientError> {
-        #[derive(Deserialize)]
-        struct E {
-            expunged: Vec<i64>,
-        }
-        let body = match uids {
-            Some(u) => serde_json::json!({ "uids": u }),
-            None => serde_json::json!({}),
-        };
-        let path = format!(
-            "/v1/mailboxes/{}/{}/expunge",
-            segment(user),
-            segment(folder)
-        );
-        let e: E = self.json_body(Method::POST, &path, &body).await?;
-        Ok(e.expunged)
-    }
-
-    // --- logs, configuration, catalog ---
-
-    pub async fn trace(
-        &self,
-        message_id: &str,
-        node: &str,
-        action: &str,
-        detail: Option<&str>,
-    ) -> Result<(), ClientError> {
-        let body = serde_json::json!({"node": node, "action": action, "detail": detail});
-        let _: Value = self
-            .json_body(
-                Method::POST,
-                &format!("/v1/trace/{}", segment(message_id)),
-                &body,
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn get_trace(
-        &self,
-        message_id: &str,
-        origin: Option<&str>,
-    ) -> Result<Value, ClientError> {
-        let path = format!(
-            "/v1/trace/{}{}",
-            segment(message_id),
-            origin_param(origin, '?')
-        );
-        self.json(Method::GET, &path, &[], Bytes::new()).await
-    }
-
-    pub async fn put_user(&self, address: &str, user: &Value) -> Result<Value, ClientError> {
-        self.json_body(
-            Method::PUT,
-            &format!("/v1/users/{}", segment(address)),
-            user,
-        )
-        .await
-    }
-
-    pub async fn users(&self, origin: Option<&str>) -> Result<Value, ClientError> {
-        self.json(
-            Method::GET,
-            &format!("/v1/users{}", origin_param(origin, '?')),
-            &[],
-            Bytes::new(),
-        )
-        .await
-    }
-
-    pub async fn catalog(&self, message_id: &str) -> Result<Value, ClientError> {
-        self.json(
-            Method::GET,
-            &format!("/v1/catalog/{}", segment(message_id)),
-            &[],
-            Bytes::new(),
-        )
-        .await
-    }
-
-    pub async fn replication(&self) -> Result<Value, ClientError> {
-        self.json(Method::GET, "/v1/replication", &[], Bytes::new())
-            .await
-    }
-
-    // --- between stores ---
-
-    /// The last batch of `origin` this store holds a copy of.
-    pub async fn replica_status(&self, origin: &str) -> Result<u64, ClientError> {
-        #[derive(Deserialize)]
-        struct S {
-            lsn: u64,
-        }
-        let s: S = self
-            .json(
-                Method::GET,
-                &format!("/v1/replica/{}/status", segment(origin)),
-                &[],
-                Bytes::new(),
-            )
-            .await?;
-        Ok(s.lsn)
-    }
-
-    /// Ships encoded batches to a mirror; answers the mirror's LSN after it applied them.
-    pub async fn replica_apply(&self, origin: &str, shipment: Bytes) -> Result<u64, ClientError> {
-        #[derive(Deserialize)]
-        struct S {
-            lsn: u64,
-        }
-        let s: S = self
-            .json(
-                Method::POST,
-                &format!("/v1/replica/{}/apply", segment(origin)),
-                &[(CONTENT_TYPE.as_str(), "application/octet-stream".into())],
-                shipment,
-            )
-            .await?;
-        Ok(s.lsn)
-    }
-
-    /// Downloads the copy of `origin` held by this store into `dest`; answers its LSN.
-    pub async fn download_snapshot(&self, origin: &str, dest: &Path) -> Result<u64, ClientError> {
-        let path = format!("/v1/replica/{}/snapshot", segment(origin));
-        let url = format!("{}{}", self.base, path);
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(&url)
-            .body(
-                Full::new(Bytes::new())
-                    .map_err(|never| match never {})
-                    .boxed(),
-            )
-            .map_err(|e| ClientError::Decode {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ClientError::Connect {
-                url: url.clone(),
-                message: error_chain(&e),
-            })?;
-        let (parts, mut body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            return check(
-                &self.base,
-                &path,
-                RawResponse {
-                    status: parts.status,
-                    headers: parts.headers,
-                    body: bytes,
-                },
-            )
-            .map(|_| 0);
-        }
-        let lsn = parts
-            .headers
-            .get("x-fabric-lsn")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| ClientError::Decode {
-                url: url.clone(),
-                message: "no X-Fabric-Lsn header".into(),
-            })?;
-        let mut file = tokio::fs::File::create(dest).await?;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Connect {
-                url: url.clone(),
-                message: e.to_string(),
-            })?;
-            if let Ok(data) = frame.into_data() {
-                file.write_all(&data).await?;
-            }
-        }
-        file.sync_all().await?;
-        Ok(lsn)
-    }
-
-    /// Uploads a database file as the copy of `origin` held by this store; answers its LSN.
-    pub async fn upload_snapshot(&self, origin: &str, file: &Path) -> Result<u64, ClientError> {
-        #[derive(Deserialize)]
-        struct S {
-            lsn: u64,
-        }
-        let f = tokio::fs::File::open(file).await?;
-        let len = f.metadata().await?.len();
-        let stream = tokio_util::io::ReaderStream::new(f)
-            .map_ok(Frame::data)
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
-        let body = BodyExt::boxed(StreamBody::new(stream));
-        let path = format!("/v1/replica/{}/snapshot", segment(origin));
-        let slow = StoreClient {
-            timeout: self.timeout.max(Duration::from_secs(600)),
-            ..self.clone()
-        };
-        let resp = slow
-            .send(
-                Method::PUT,
-                &path,
-                &[(CONTENT_LENGTH.as_str(), len.to_string())],
-                body,
-            )
-            .await?;
-        let resp = check(&self.base, &path, resp)?;
-        let s: S = serde_json::from_slice(&resp.body).map_err(|e| ClientError::Decode {
-            url: path,
-            message: e.to_string(),
-        })?;
-        Ok(s.lsn)
-    }
 }
 
-fn origin_param(origin: Option<&str>, sep: char) -> String {
+pub(crate) fn origin_param(origin: Option<&str>, sep: char) -> String {
     origin
         .map(|o| format!("{sep}origin={}", segment(o)))
         .unwrap_or_default()
 }
 
-fn check(base: &str, path: &str, resp: RawResponse) -> Result<RawResponse, ClientError> {
+pub(crate) fn check(base: &str, path: &str, resp: RawResponse) -> Result<RawResponse, ClientError> {
     if resp.status.is_success() {
         return Ok(resp);
     }
@@ -728,7 +277,10 @@ fn check(base: &str, path: &str, resp: RawResponse) -> Result<RawResponse, Clien
     })
 }
 
-fn written<T: DeserializeOwned>(base: &str, resp: RawResponse) -> Result<Written<T>, ClientError> {
+pub(crate) fn written<T: DeserializeOwned>(
+    base: &str,
+    resp: RawResponse,
+) -> Result<Written<T>, ClientError> {
     let value: T = serde_json::from_slice(&resp.body).map_err(|e| ClientError::Decode {
         url: base.to_string(),
         message: e.to_string(),
@@ -747,7 +299,7 @@ fn written<T: DeserializeOwned>(base: &str, resp: RawResponse) -> Result<Written
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
