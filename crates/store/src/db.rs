@@ -104,7 +104,24 @@ CREATE TABLE IF NOT EXISTS replog (
 "#;
 
 /// SQLite's page size; the quota is enforced in pages.
-const PAGE_SIZE: u64 = 4096;
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Pages SQLite may use above the quota: only requests that free or change data (lease, ack, expunge)
+/// reach them, because growing requests are refused at the quota itself (see `writer`).
+pub fn reserve_pages(quota_bytes: u64) -> u64 {
+    (quota_bytes / PAGE_SIZE / 8).max(64)
+}
+
+/// Bytes the database holds now: its pages minus the free ones.
+pub async fn used_bytes(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok((pages.saturating_sub(free)).max(0) as u64 * PAGE_SIZE)
+}
 
 fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
     let url = format!("sqlite://{}", path.display());
@@ -121,7 +138,8 @@ fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
 }
 
 /// Opens (creating if needed) the single connection that writes a database.
-/// `quota_bytes` caps the database size: past it SQLite answers SQLITE_FULL, as on a full disk.
+/// `quota_bytes` caps the database size: past it (plus a reserve for housekeeping) SQLite answers
+/// SQLITE_FULL, as on a full disk.
 pub async fn open_writer(
     path: &Path,
     quota_bytes: Option<u64>,
@@ -129,7 +147,7 @@ pub async fn open_writer(
     let mut conn = SqliteConnection::connect_with(&options(path)?).await?;
     conn.execute(SCHEMA).await?;
     if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
-        let pages = (quota / PAGE_SIZE).max(16);
+        let pages = (quota / PAGE_SIZE).max(16) + reserve_pages(quota);
         conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
             .await?;
     }

@@ -95,6 +95,21 @@ impl Request {
             _ => 64,
         }
     }
+
+    /// Whether the request adds data (and so is refused when the quota is reached). Requests that
+    /// only change or remove what is there (lease, ack, defer, flags, expunge, deletes) may use the
+    /// reserve above the quota, so a full store can always be emptied.
+    pub fn grows(&self) -> bool {
+        matches!(
+            self,
+            Request::Enqueue { .. }
+                | Request::Append { .. }
+                | Request::Trace { .. }
+                | Request::Transfer { .. }
+                | Request::UserPut { .. }
+                | Request::BlockPut { .. }
+        )
+    }
 }
 
 #[derive(Debug)]

@@ -222,7 +222,28 @@ impl Writer {
         let mut phys: Vec<PhysOp> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         let now = now_ms();
+        // Growing requests stop at the quota; the reserve above it is kept for housekeeping.
+        let mut used = match self.quota {
+            Some(_) => db::used_bytes(&mut tx).await?,
+            None => 0,
+        };
         for (request, _) in batch {
+            if let Some(quota) = self.quota
+                && request.grows()
+            {
+                let size = request.body_len() as u64 + 512;
+                if used + size > quota {
+                    metrics::counter!("fabric_store_storage_full_total").increment(1);
+                    tracing::warn!(
+                        quota,
+                        used,
+                        "quota reached: write refused, writer told to retry later"
+                    );
+                    replies.push(Err(StoreError::StorageFull));
+                    continue;
+                }
+                used += size;
+            }
             let mut ctx = requests::Ctx {
                 conn: &mut tx,
                 counters: &mut self.counters,

@@ -30,9 +30,15 @@ async fn burst(client: StoreClient, stop: Arc<AtomicBool>) -> BTreeSet<String> {
                 let id = format!("w{w}-{i}");
                 let body = format!("Subject: {id}\r\n\r\n{}\r\n", "x".repeat(2000));
                 let result = if i % 2 == 0 {
-                    client.enqueue("inbound", Some(&id), None, body).await.map(|_| ())
+                    client
+                        .enqueue("inbound", Some(&id), None, body)
+                        .await
+                        .map(|_| ())
                 } else {
-                    client.append("ann@acme.example", "INBOX", Some(&id), &[], body).await.map(|_| ())
+                    client
+                        .append("ann@acme.example", "INBOX", Some(&id), &[], body)
+                        .await
+                        .map(|_| ())
                 };
                 match result {
                     Ok(()) => {
@@ -60,21 +66,36 @@ async fn held(client: &StoreClient, origin: Option<&str>) -> anyhow::Result<BTre
         .into_iter()
         .map(|i| i.message_id)
         .collect();
-    if let Ok(listing) = client.list_mailbox("ann@acme.example", "INBOX", origin).await {
+    if let Ok(listing) = client
+        .list_mailbox("ann@acme.example", "INBOX", origin)
+        .await
+    {
         ids.extend(listing.messages.into_iter().map(|m| m.message_id));
     }
     Ok(ids)
 }
 
 /// Starts the burst, SIGKILLs `victim` once enough writes are acknowledged, then stops the writers.
-async fn kill_during_burst(sandbox: &mut Sandbox, victim: &str) -> anyhow::Result<BTreeSet<String>> {
+async fn kill_during_burst(
+    sandbox: &mut Sandbox,
+    victim: &str,
+) -> anyhow::Result<BTreeSet<String>> {
     let client = store(sandbox, "store-a").with_timeout(Duration::from_secs(15));
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(burst(client.clone(), stop.clone()));
     // Wait for a real burst: at least 150 queue items (and as many appends) acknowledged.
-    testkit::wait_until("a burst of acknowledged writes", Duration::from_secs(60), Duration::from_millis(20), || async {
-        client.list_queue("inbound", None).await.map(|v| v.len() >= 150).unwrap_or(false)
-    })
+    testkit::wait_until(
+        "a burst of acknowledged writes",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || async {
+            client
+                .list_queue("inbound", None)
+                .await
+                .map(|v| v.len() >= 150)
+                .unwrap_or(false)
+        },
+    )
     .await?;
     sandbox.kill(victim, Signal::SIGKILL)?;
     // Writers see failures now; let them try a little longer, then stop them.
@@ -88,18 +109,33 @@ async fn kill_during_burst(sandbox: &mut Sandbox, victim: &str) -> anyhow::Resul
 async fn sigkill_of_the_store_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let mut sandbox = Sandbox::start("topology/mini.toml").await?;
     let acked = kill_during_burst(&mut sandbox, "store-a").await?;
-    assert!(acked.len() >= 150, "the burst acknowledged {} writes", acked.len());
+    assert!(
+        acked.len() >= 150,
+        "the burst acknowledged {} writes",
+        acked.len()
+    );
     sandbox.start_node("store-a").await?;
     let a = store(&sandbox, "store-a");
     let b = store(&sandbox, "store-b");
     let on_a = held(&a, None).await?;
     let missing_a: Vec<_> = acked.difference(&on_a).collect();
-    assert!(missing_a.is_empty(), "{} acknowledged writes lost on store-a: {:?}", missing_a.len(), &missing_a[..missing_a.len().min(10)]);
+    assert!(
+        missing_a.is_empty(),
+        "{} acknowledged writes lost on store-a: {:?}",
+        missing_a.len(),
+        &missing_a[..missing_a.len().min(10)]
+    );
     let on_b = held(&b, Some("store-a")).await?;
     let missing_b: Vec<_> = acked.difference(&on_b).collect();
-    assert!(missing_b.is_empty(), "{} acknowledged writes missing on the mirror", missing_b.len());
+    assert!(
+        missing_b.is_empty(),
+        "{} acknowledged writes missing on the mirror",
+        missing_b.len()
+    );
     // And the store keeps working after the crash, mirrored as before.
-    let w = a.enqueue("inbound", Some("after-restart"), None, "still here").await?;
+    let w = a
+        .enqueue("inbound", Some("after-restart"), None, "still here")
+        .await?;
     assert_eq!(w.copies, vec!["store-a", "store-b"]);
     Ok(())
 }
@@ -108,12 +144,20 @@ async fn sigkill_of_the_store_loses_no_acknowledged_write() -> anyhow::Result<()
 async fn sigkill_of_the_mirror_loses_no_acknowledged_write() -> anyhow::Result<()> {
     let mut sandbox = Sandbox::start("topology/mini.toml").await?;
     let acked = kill_during_burst(&mut sandbox, "store-b").await?;
-    assert!(acked.len() >= 150, "the burst acknowledged {} writes", acked.len());
+    assert!(
+        acked.len() >= 150,
+        "the burst acknowledged {} writes",
+        acked.len()
+    );
     sandbox.start_node("store-b").await?;
     let b = store(&sandbox, "store-b");
     let on_b = held(&b, Some("store-a")).await?;
     // Every acknowledged write was fsynced on the mirror before its answer, so it survived the kill.
     let missing: Vec<_> = acked.difference(&on_b).collect();
-    assert!(missing.is_empty(), "{} acknowledged writes lost on the killed mirror", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost on the killed mirror",
+        missing.len()
+    );
     Ok(())
 }

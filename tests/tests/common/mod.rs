@@ -15,7 +15,9 @@ pub fn store(sandbox: &Sandbox, node: &str) -> StoreClient {
 /// The text of a node's `/metrics`.
 pub async fn metrics(sandbox: &Sandbox, node: &str) -> anyhow::Result<String> {
     let admin = StoreClient::new(sandbox.admin_url(node));
-    let resp = admin.raw(Method::GET, "/metrics", &[], bytes::Bytes::new()).await?;
+    let resp = admin
+        .raw(Method::GET, "/metrics", &[], bytes::Bytes::new())
+        .await?;
     Ok(String::from_utf8_lossy(&resp.body).into_owned())
 }
 

@@ -25,8 +25,14 @@ async fn metrics_pass_promtool_and_admin_endpoints_answer() -> anyhow::Result<()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| anyhow::anyhow!("promtool (Debian package prometheus) must be installed: {e}"))?;
-        child.stdin.take().ok_or_else(|| anyhow::anyhow!("stdin"))?.write_all(text.as_bytes())?;
+            .map_err(|e| {
+                anyhow::anyhow!("promtool (Debian package prometheus) must be installed: {e}")
+            })?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdin"))?
+            .write_all(text.as_bytes())?;
         let out = child.wait_with_output()?;
         assert!(
             out.status.success(),
@@ -35,19 +41,43 @@ async fn metrics_pass_promtool_and_admin_endpoints_answer() -> anyhow::Result<()
             String::from_utf8_lossy(&out.stderr)
         );
         let admin = StoreClient::new(sandbox.admin_url(node));
-        let status = admin.raw(Method::GET, "/status", &[], Bytes::new()).await?.json().unwrap_or_default();
+        let status = admin
+            .raw(Method::GET, "/status", &[], Bytes::new())
+            .await?
+            .json()
+            .unwrap_or_default();
         assert_eq!(status["node"], node);
         assert_eq!(status["role"], "store");
         assert_eq!(status["site"], "west");
         assert!(status["uptime_secs"].as_f64().is_some());
         assert!(status["counters"]["lsn"].as_u64().is_some(), "{status}");
-        assert_eq!(admin.raw(Method::GET, "/ready", &[], Bytes::new()).await?.status.as_u16(), 200);
-        assert_eq!(admin.raw(Method::GET, "/health", &[], Bytes::new()).await?.status.as_u16(), 200);
+        assert_eq!(
+            admin
+                .raw(Method::GET, "/ready", &[], Bytes::new())
+                .await?
+                .status
+                .as_u16(),
+            200
+        );
+        assert_eq!(
+            admin
+                .raw(Method::GET, "/health", &[], Bytes::new())
+                .await?
+                .status
+                .as_u16(),
+            200
+        );
     }
     // Log lines are JSON carrying node, site and role.
     let log = std::fs::read_to_string(sandbox.log_path("store-a"))?;
-    let line = log.lines().find(|l| l.contains("store ready")).ok_or_else(|| anyhow::anyhow!("no ready line in {log}"))?;
+    let line = log
+        .lines()
+        .find(|l| l.contains("store ready"))
+        .ok_or_else(|| anyhow::anyhow!("no ready line in {log}"))?;
     let v: serde_json::Value = serde_json::from_str(line)?;
-    assert_eq!((v["node"].as_str(), v["site"].as_str(), v["role"].as_str()), (Some("store-a"), Some("west"), Some("store")));
+    assert_eq!(
+        (v["node"].as_str(), v["site"].as_str(), v["role"].as_str()),
+        (Some("store-a"), Some("west"), Some("store"))
+    );
     Ok(())
 }

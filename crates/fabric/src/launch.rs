@@ -1,0 +1,239 @@
+//! Where a fabric's files live, and starting one node as its own process.
+
+use std::fs::OpenOptions;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use store_client::{Method, StoreClient};
+use topology::{Node, Topology, TopologyError};
+
+/// Why a node could not be launched or did not become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no node named {0:?} in the topology")]
+    UnknownNode(String),
+    #[error(
+        "the binary {0} does not exist (build with `cargo build --workspace --bins`, or set FABRIC_BIN_DIR)"
+    )]
+    MissingBinary(PathBuf),
+    #[error("{node} exited during startup ({status}); last log lines:\n{tail}")]
+    ExitedEarly {
+        node: String,
+        status: String,
+        tail: String,
+    },
+    #[error("{node} was not ready after {waited:?} (GET {url}/ready); last log lines:\n{tail}")]
+    NotReady {
+        node: String,
+        url: String,
+        waited: Duration,
+        tail: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LaunchError + '_ {
+    move |source| LaunchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How a node process is tied to whoever starts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpawnOptions {
+    /// Ask the kernel to SIGKILL the node when the starting thread dies (tests: no orphan survives a
+    /// crashed test). Operators' nodes outlive the `fabric` command, so it is off by default.
+    pub die_with_parent: bool,
+}
+
+/// A topology file plus the directories its nodes run from.
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    /// Absolute path of the topology file handed to every node.
+    pub topology_file: PathBuf,
+    pub topology: Topology,
+    /// Holds `nodes/NODE/` (each node's state), `logs/NODE.log` and `fabric.json`.
+    pub data_dir: PathBuf,
+    /// Where the `fabric-ROLE` binaries are.
+    pub bin_dir: PathBuf,
+}
+
+impl Launcher {
+    pub fn new(
+        topology_file: &Path,
+        data_dir: &Path,
+        bin_dir: &Path,
+    ) -> Result<Launcher, LaunchError> {
+        let topology_file = std::path::absolute(topology_file).map_err(io_err(topology_file))?;
+        let topology = Topology::load(&topology_file)?;
+        std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
+        let data_dir = std::path::absolute(data_dir).map_err(io_err(data_dir))?;
+        Ok(Launcher {
+            topology_file,
+            topology,
+            data_dir,
+            bin_dir: bin_dir.to_path_buf(),
+        })
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node, LaunchError> {
+        self.topology
+            .node(name)
+            .ok_or_else(|| LaunchError::UnknownNode(name.to_string()))
+    }
+
+    pub fn node_data_dir(&self, node: &str) -> PathBuf {
+        self.data_dir.join("nodes").join(node)
+    }
+
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.data_dir.join("logs").join(format!("{node}.log"))
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        FabricStatePaths::state(&self.data_dir)
+    }
+
+    /// The binary that runs `node`'s role.
+    pub fn binary(&self, node: &Node) -> PathBuf {
+        self.bin_dir.join(node.role().binary())
+    }
+
+    /// `http://ADDR:PORT` of the node's admin endpoints.
+    pub fn admin_url(&self, node: &Node) -> String {
+        format!("http://{}", node.admin_addr())
+    }
+
+    /// Starts `node` as a new process in its own process group (a Ctrl-C at the terminal reaches only
+    /// the `fabric` command, which then stops the nodes in order), logging to `logs/NODE.log`.
+    pub fn spawn(&self, name: &str, options: SpawnOptions) -> Result<Child, LaunchError> {
+        let node = self.node(name)?;
+        let binary = self.binary(node);
+        if !binary.is_file() {
+            return Err(LaunchError::MissingBinary(binary));
+        }
+        let data = self.node_data_dir(name);
+        std::fs::create_dir_all(&data).map_err(io_err(&data))?;
+        let log_path = self.log_path(name);
+        if let Some(dir) = log_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        let log2 = log.try_clone().map_err(io_err(&log_path))?;
+        let mut command = Command::new(&binary);
+        command
+            .arg("--topology")
+            .arg(&self.topology_file)
+            .arg("--node")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        if options.die_with_parent {
+            die_with_parent(&mut command);
+        }
+        command.spawn().map_err(io_err(&binary))
+    }
+
+    /// Waits until the node answers 200 on `/ready`, failing early if `child` exits.
+    pub async fn wait_ready(
+        &self,
+        name: &str,
+        mut child: Option<&mut Child>,
+        timeout: Duration,
+    ) -> Result<(), LaunchError> {
+        let node = self.node(name)?;
+        let url = self.admin_url(node);
+        let client = StoreClient::new(url.clone()).with_timeout(Duration::from_secs(2));
+        let start = Instant::now();
+        loop {
+            if let Some(child) = child.as_deref_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(LaunchError::ExitedEarly {
+                    node: name.to_string(),
+                    status: status.to_string(),
+                    tail: self.log_tail(name, 20),
+                });
+            }
+            if let Ok(resp) = client
+                .raw(Method::GET, "/ready", &[], bytes::Bytes::new())
+                .await
+                && resp.status.is_success()
+            {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(LaunchError::NotReady {
+                    node: name.to_string(),
+                    url,
+                    waited: timeout,
+                    tail: self.log_tail(name, 20),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last `lines` lines of a node's log (for error messages).
+    pub fn log_tail(&self, node: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+/// File names under a data directory.
+pub struct FabricStatePaths;
+
+impl FabricStatePaths {
+    pub fn state(data_dir: &Path) -> PathBuf {
+        data_dir.join("fabric.json")
+    }
+    pub fn lock(data_dir: &Path) -> PathBuf {
+        data_dir.join("fabric.lock")
+    }
+}
+
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
+    // async-signal-safe; it allocates nothing and touches no lock.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Where the node binaries are: `FABRIC_BIN_DIR`, else beside the running executable (for a test
+/// binary in `target/PROFILE/deps`, the profile directory above it).
+pub fn find_bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FABRIC_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    dir
+}

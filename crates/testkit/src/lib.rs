@@ -1,0 +1,237 @@
+//! A sandbox per test: a topology's nodes as real processes, started with the same launcher as
+//! `fabric up`, on ports shifted into a slot of their own so tests run in parallel, in a temporary
+//! data directory, and SIGKILLed when the sandbox is dropped (or when the test process dies, through
+//! `PR_SET_PDEATHSIG`).
+//!
+//! Binaries come from `FABRIC_BIN_DIR` or the target directory of the test binary: run
+//! `cargo build --workspace --bins` first (`make test` does).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use fabric::{Launcher, SpawnOptions, find_bin_dir};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use topology::Topology;
+
+/// Port slots: slot N adds N*100 to every port. Slot 0 is left to `make run`.
+const SLOTS: u16 = 19;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The workspace root (where `topology/` and `Cargo.lock` are).
+pub fn workspace_root() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    dir.pop();
+    dir.pop();
+    dir
+}
+
+/// Polls `check` every `interval` until it returns true; fails naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// A running topology owned by one test.
+pub struct Sandbox {
+    launcher: Launcher,
+    children: BTreeMap<String, Child>,
+    _slot: Flock<File>,
+    _dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// Starts every node of a topology file (relative to the workspace root) and waits until all
+    /// are ready.
+    pub async fn start(topology: &str) -> anyhow::Result<Sandbox> {
+        let path = workspace_root().join(topology);
+        let t = Topology::load(&path)?;
+        Sandbox::start_topology(t).await
+    }
+
+    /// Starts every node of an in-memory topology (a test's variant of a file).
+    pub async fn start_topology(mut topology: Topology) -> anyhow::Result<Sandbox> {
+        let (slot, n) = claim_slot()?;
+        topology.offset_ports(n * 100).map_err(anyhow::Error::msg)?;
+        let dir = tempfile::Builder::new().prefix("fabric-test-").tempdir()?;
+        let file = dir.path().join("topology.toml");
+        std::fs::write(&file, topology.to_toml()?)?;
+        let launcher = Launcher::new(&file, &dir.path().join("var"), &find_bin_dir())?;
+        let mut sandbox = Sandbox {
+            launcher,
+            children: BTreeMap::new(),
+            _slot: slot,
+            _dir: dir,
+        };
+        let names: Vec<String> = sandbox
+            .launcher
+            .topology
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        for name in &names {
+            sandbox.spawn(name)?;
+        }
+        for name in &names {
+            sandbox.wait_ready(name).await?;
+        }
+        Ok(sandbox)
+    }
+
+    /// The topology as the nodes see it (ports shifted into this sandbox's slot).
+    pub fn topology(&self) -> &Topology {
+        &self.launcher.topology
+    }
+
+    /// `http://ADDR:PORT` of one of a node's services.
+    pub fn url(&self, node: &str, service: &str) -> String {
+        let addr = self
+            .launcher
+            .topology
+            .node(node)
+            .and_then(|n| n.service_addr(service))
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| format!("no-such-service-{node}-{service}:0"));
+        format!("http://{addr}")
+    }
+
+    /// `http://ADDR:PORT` of a node's admin endpoints.
+    pub fn admin_url(&self, node: &str) -> String {
+        match self.launcher.topology.node(node) {
+            Some(n) => self.launcher.admin_url(n),
+            None => format!("http://no-such-node-{node}:0"),
+        }
+    }
+
+    pub fn data_dir(&self, node: &str) -> PathBuf {
+        self.launcher.node_data_dir(node)
+    }
+
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.launcher.log_path(node)
+    }
+
+    /// Sends `signal` to a node; for SIGKILL and SIGTERM, waits until the process has exited.
+    pub fn kill(&mut self, node: &str, signal: Signal) -> anyhow::Result<()> {
+        let child = self
+            .children
+            .get_mut(node)
+            .with_context(|| format!("{node} is not running in this sandbox"))?;
+        let pid = Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        if matches!(signal, Signal::SIGKILL | Signal::SIGTERM) {
+            child.wait()?;
+            self.children.remove(node);
+        }
+        Ok(())
+    }
+
+    /// Starts a node again (after `kill`) and waits until it is ready.
+    pub async fn start_node(&mut self, node: &str) -> anyhow::Result<()> {
+        if let Some(child) = self.children.get_mut(node) {
+            if child.try_wait()?.is_none() {
+                bail!("{node} is still running");
+            }
+            self.children.remove(node);
+        }
+        self.spawn(node)?;
+        self.wait_ready(node).await
+    }
+
+    /// Deletes a node's data directory (a lost disk). The node must not be running.
+    pub fn wipe(&self, node: &str) -> anyhow::Result<()> {
+        if self.children.contains_key(node) {
+            bail!("wipe {node}: kill it first");
+        }
+        let dir = self.data_dir(node);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, node: &str) -> anyhow::Result<()> {
+        let child = self.launcher.spawn(
+            node,
+            SpawnOptions {
+                die_with_parent: true,
+            },
+        )?;
+        self.children.insert(node.to_string(), child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self, node: &str) -> anyhow::Result<()> {
+        let child = self.children.get_mut(node);
+        self.launcher
+            .wait_ready(node, child, READY_TIMEOUT)
+            .await
+            .with_context(|| format!("starting {node}"))
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Test harnesses show this only for failing tests: the nodes' last words.
+        {
+            for node in self.launcher.topology.nodes.iter().map(|n| &n.name) {
+                eprintln!(
+                    "---- last lines of {node}'s log ----\n{}",
+                    self.launcher.log_tail(node, 30)
+                );
+            }
+        }
+    }
+}
+
+/// Takes the first free port slot, held by an exclusive flock for the sandbox's life (released by
+/// the kernel even if the test process dies).
+fn claim_slot() -> anyhow::Result<(Flock<File>, u16)> {
+    let dir = Path::new("/tmp/mail-fabric-slots");
+    std::fs::create_dir_all(dir)?;
+    let start = Instant::now();
+    loop {
+        for n in 1..=SLOTS {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(dir.join(format!("slot-{n}")))?;
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return Ok((lock, n));
+            }
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("no free port slot in {} after 2 minutes", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
