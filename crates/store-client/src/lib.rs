@@ -147,11 +147,20 @@ impl StoreClient {
         body: impl Into<Bytes>,
     ) -> Result<RawResponse, ClientError> {
         let body: Bytes = body.into();
-        let len = body.len();
-        let body = Full::new(body).map_err(|never| match never {}).boxed();
         let mut all: Vec<(&str, String)> = headers.to_vec();
-        all.push((CONTENT_LENGTH.as_str(), len.to_string()));
-        self.send(method, path_and_query, &all, body).await
+        all.push((CONTENT_LENGTH.as_str(), body.len().to_string()));
+        let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
+        let first = self
+            .send(method.clone(), path_and_query, &all, full(body.clone()))
+            .await;
+        match first {
+            // A pooled connection to a node that restarted fails on first use; a read is safe to
+            // send again on a fresh connection.
+            Err(ClientError::Connect { .. }) if method == Method::GET || method == Method::HEAD => {
+                self.send(method, path_and_query, &all, full(body)).await
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn send(

@@ -212,6 +212,41 @@ impl Drop for Sandbox {
     }
 }
 
+/// A port slot held for as long as this value lives: every port of a topology moved up by
+/// `offset()` is this test's alone. For tests that start nodes another way (the `fabric` command).
+pub struct PortSlot {
+    _lock: Flock<File>,
+    number: u16,
+}
+
+impl PortSlot {
+    pub fn claim() -> anyhow::Result<PortSlot> {
+        let (lock, number) = claim_slot()?;
+        Ok(PortSlot {
+            _lock: lock,
+            number,
+        })
+    }
+
+    pub fn offset(&self) -> u16 {
+        self.number * 100
+    }
+
+    /// A topology file of the workspace with its ports moved into this slot, written to `dir`.
+    pub fn write_topology(&self, topology: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let mut t = Topology::load(workspace_root().join(topology))?;
+        t.offset_ports(self.offset()).map_err(anyhow::Error::msg)?;
+        let file = dir.join("topology.toml");
+        std::fs::write(&file, t.to_toml()?)?;
+        Ok(file)
+    }
+}
+
+/// Where the fabric binaries of this build are (`fabric`, `fabric-store`, ...).
+pub fn bin_dir() -> PathBuf {
+    find_bin_dir()
+}
+
 /// Takes the first free port slot, held by an exclusive flock for the sandbox's life (released by
 /// the kernel even if the test process dies).
 fn claim_slot() -> anyhow::Result<(Flock<File>, u16)> {

@@ -1,0 +1,298 @@
+//! The `fabric` command as an operator uses it: up, status, kill (KILL and STOP), start, store
+//! rebuild, down; and the foreground `fabric up` that Ctrl-C stops. Real processes, real signals.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use fabric::process::{ProcState, proc_state};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use store_client::StoreClient;
+use testkit::PortSlot;
+
+/// A data directory whose nodes are SIGKILLed when the test ends, however it ends.
+struct Fabric {
+    data: tempfile::TempDir,
+    topology: PathBuf,
+    _slot: PortSlot,
+}
+
+impl Fabric {
+    fn new(topology: &str) -> anyhow::Result<Fabric> {
+        let slot = PortSlot::claim()?;
+        let data = tempfile::Builder::new().prefix("fabric-cli-").tempdir()?;
+        let topology = slot.write_topology(topology, data.path())?;
+        Ok(Fabric {
+            data,
+            topology,
+            _slot: slot,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(testkit::bin_dir().join("fabric"));
+        c.env("FABRIC_DATA_DIR", self.data.path().join("var"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.command().args(args).output()?)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "fabric {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.ok(&["status", "--json"])?)?)
+    }
+
+    fn node<'a>(status: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
+        status["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.iter().find(|n| n["name"] == name))
+            .with_context(|| format!("{name} missing from status: {status}"))
+    }
+
+    fn state_of(&self, name: &str) -> anyhow::Result<String> {
+        let status = self.status()?;
+        Ok(Fabric::node(&status, name)?["state"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string())
+    }
+
+    fn store_url(&self, name: &str) -> anyhow::Result<String> {
+        let status = self.status()?;
+        let addr = Fabric::node(&status, name)?["services"]["store"]
+            .as_str()
+            .context("no store service")?
+            .to_string();
+        Ok(format!("http://{addr}"))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let path = self.data.path().join("var/fabric.json");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        let Ok(state) = serde_json::from_str::<Value>(&text) else {
+            return Vec::new();
+        };
+        let mut pids: Vec<u32> = state["nodes"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|r| r["pid"].as_u64())
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.extend(state["supervisor"].as_u64().map(|p| p as u32));
+        pids
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            if proc_state(pid).is_alive()
+                && let Ok(raw) = i32::try_from(pid)
+            {
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn gone(pid: u64) -> bool {
+    !proc_state(pid as u32).is_alive()
+}
+
+#[tokio::test]
+async fn operators_watch_kill_restart_and_stop_nodes() -> anyhow::Result<()> {
+    let f = Fabric::new("topology/mini.toml")?;
+    let topology = f.topology.display().to_string();
+    let table = f.ok(&["up", &topology, "--detach"])?;
+    assert!(
+        table.contains("store-a") && table.contains("ready"),
+        "{table}"
+    );
+
+    // A second `up` on the same data directory is refused while nodes run.
+    let again = f.run(&["up", &topology, "--detach"])?;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    let status = f.status()?;
+    assert_eq!(status["domains"][0]["name"], "acme.example");
+    assert_eq!(status["domains"][0]["home"], "west");
+    for name in ["store-a", "store-b"] {
+        let n = Fabric::node(&status, name)?;
+        assert_eq!(n["state"], "ready", "{n}");
+        assert_eq!(n["role"], "store");
+        let pid = n["pid"].as_u64().context("pid")?;
+        assert_eq!(proc_state(pid as u32), ProcState::Running);
+        assert!(
+            n["admin"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.1.0."))
+        );
+    }
+    let a_url = f.store_url("store-a")?;
+    let a = StoreClient::new(a_url.clone()).with_timeout(Duration::from_secs(20));
+    let w = a
+        .enqueue("inbound", Some("cli-1"), None, "kept across kill")
+        .await?;
+    assert_eq!(w.copies, vec!["store-a", "store-b"]);
+
+    // SIGKILL: the process is gone when the command returns, and status says so.
+    let a_pid = Fabric::node(&f.status()?, "store-a")?["pid"]
+        .as_u64()
+        .context("pid")?;
+    f.ok(&["kill", "store-a"])?;
+    assert!(gone(a_pid), "store-a (pid {a_pid}) survived fabric kill");
+    assert_eq!(f.state_of("store-a")?, "down");
+    assert!(Fabric::node(&f.status()?, "store-a")?["pid"].is_null());
+
+    // SIGSTOP: alive but frozen; `start` resumes it.
+    f.ok(&["kill", "store-b", "--signal", "stop"])?;
+    assert_eq!(f.state_of("store-b")?, "stopped");
+    assert!(!f.run(&["start", "store-b"])?.stdout.is_empty());
+    assert_eq!(f.state_of("store-b")?, "ready");
+
+    // Restart the killed store: the acknowledged write is there.
+    f.ok(&["start", "store-a"])?;
+    assert_eq!(f.state_of("store-a")?, "ready");
+    let held = a.list_queue("inbound", None).await?;
+    assert!(held.iter().any(|i| i.message_id == "cli-1"));
+    let refused = f.run(&["start", "store-a"])?;
+    assert!(
+        !refused.status.success(),
+        "starting a running node must fail"
+    );
+
+    // An operator-driven rebuild answers with where it rebuilt from.
+    let rebuilt = f.ok(&["store", "rebuild", "store-a"])?;
+    assert!(rebuilt.contains("store-b"), "{rebuilt}");
+    assert!(
+        a.list_queue("inbound", None)
+            .await?
+            .iter()
+            .any(|i| i.message_id == "cli-1")
+    );
+
+    // Unknown nodes are named in the error.
+    let unknown = f.run(&["kill", "store-zz"])?;
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("store-zz"));
+
+    let pids: Vec<u64> = ["store-a", "store-b"]
+        .iter()
+        .filter_map(|n| Fabric::node(&f.status().ok()?, n).ok()?["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    f.ok(&["down"])?;
+    for pid in pids {
+        assert!(gone(pid), "pid {pid} survived fabric down");
+    }
+    assert_eq!(f.state_of("store-a")?, "down");
+    Ok(())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !check() {
+        if start.elapsed() > timeout {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Kills the foreground `fabric up` if the test fails before it stops by itself.
+struct Foreground(Child);
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_a_foreground_fabric_cleanly() -> anyhow::Result<()> {
+    let f = Fabric::new("topology/mini.toml")?;
+    let mut up = Foreground(
+        f.command()
+            .args(["up", &f.topology.display().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    wait_for("both stores ready", Duration::from_secs(60), || {
+        f.status()
+            .map(|s| {
+                s["nodes"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().all(|n| n["state"] == "ready"))
+            })
+            .unwrap_or(false)
+    })?;
+    let node_pids: Vec<u32> = f.pids().into_iter().filter(|p| *p != up.0.id()).collect();
+    assert_eq!(node_pids.len(), 2);
+
+    // A node killed under the supervisor is reaped (no zombie left behind).
+    let status = f.status()?;
+    let b_pid = Fabric::node(&status, "store-b")?["pid"]
+        .as_u64()
+        .context("pid")? as u32;
+    f.ok(&["kill", "store-b"])?;
+    wait_for(
+        "the supervisor to reap store-b",
+        Duration::from_secs(5),
+        || proc_state(b_pid) == ProcState::Gone,
+    )?;
+
+    // Ctrl-C is SIGINT to the foreground process.
+    kill(Pid::from_raw(i32::try_from(up.0.id())?), Signal::SIGINT)?;
+    let mut exit = None;
+    wait_for(
+        "fabric up to exit after Ctrl-C",
+        Duration::from_secs(20),
+        || {
+            exit = up.0.try_wait().ok().flatten();
+            exit.is_some()
+        },
+    )?;
+    assert!(
+        exit.is_some_and(|e| e.success()),
+        "fabric up exited with {exit:?}"
+    );
+    for pid in node_pids {
+        assert!(
+            !proc_state(pid).is_alive(),
+            "node pid {pid} survived Ctrl-C"
+        );
+    }
+    assert!(
+        f.status()?["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] == "down"))
+    );
+    Ok(())
+}
