@@ -6,11 +6,11 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use rusqlite::types::FromSql;
+use rusqlite::{Connection, OptionalExtension, Params};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Executor};
 
 use crate::error::StoreError;
 
@@ -112,17 +112,6 @@ pub fn reserve_pages(quota_bytes: u64) -> u64 {
     (quota_bytes / PAGE_SIZE / 8).max(64)
 }
 
-/// Bytes the database holds now: its pages minus the free ones.
-pub async fn used_bytes(conn: &mut SqliteConnection) -> Result<u64, StoreError> {
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-        .fetch_one(&mut *conn)
-        .await?;
-    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-        .fetch_one(&mut *conn)
-        .await?;
-    Ok((pages.saturating_sub(free)).max(0) as u64 * PAGE_SIZE)
-}
-
 fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
     let url = format!("sqlite://{}", path.display());
     Ok(SqliteConnectOptions::from_str(&url)
@@ -137,21 +126,96 @@ fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
         .statement_cache_capacity(64))
 }
 
-/// Opens (creating if needed) the single connection that writes a database.
+/// Opens (creating if needed) the single synchronous connection that writes a database; the writer
+/// runs it on a thread of its own, so a whole batch costs no hop between threads per statement.
 /// `quota_bytes` caps the database size: past it (plus a reserve for housekeeping) SQLite answers
 /// SQLITE_FULL, as on a full disk.
-pub async fn open_writer(
-    path: &Path,
-    quota_bytes: Option<u64>,
-) -> Result<SqliteConnection, StoreError> {
-    let mut conn = SqliteConnection::connect_with(&options(path)?).await?;
-    conn.execute(SCHEMA).await?;
+pub fn open_writer_sync(path: &Path, quota_bytes: Option<u64>) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {PAGE_SIZE}; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -65536;"
+    ))?;
+    conn.execute_batch(SCHEMA)?;
+    conn.set_prepared_statement_cache_capacity(64);
     if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
         let pages = (quota / PAGE_SIZE).max(16) + reserve_pages(quota);
-        conn.execute(format!("PRAGMA max_page_count = {pages}").as_str())
-            .await?;
+        conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))?;
     }
     Ok(conn)
+}
+
+/// Runs a statement; answers the rows it changed.
+pub fn exec(conn: &Connection, sql: &str, params: impl Params) -> Result<u64, StoreError> {
+    Ok(conn.prepare_cached(sql)?.execute(params)? as u64)
+}
+
+/// The first column of the first row, if there is a row.
+pub fn scalar_opt<T: FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<Option<T>, StoreError> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row(params, |r| r.get(0))
+        .optional()?)
+}
+
+/// The first column of the one row the query must answer.
+pub fn scalar_one<T: FromSql>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> Result<T, StoreError> {
+    Ok(conn.prepare_cached(sql)?.query_row(params, |r| r.get(0))?)
+}
+
+/// The first row, mapped.
+pub fn row_opt<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    Ok(conn
+        .prepare_cached(sql)?
+        .query_row(params, map)
+        .optional()?)
+}
+
+/// Every row, mapped.
+pub fn rows_all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, map)?;
+    Ok(rows.collect::<Result<Vec<T>, _>>()?)
+}
+
+/// Reads a counter from the `meta` table (0 when absent), on the writer's connection.
+pub fn meta_get_sync(conn: &Connection, key: &str) -> Result<i64, StoreError> {
+    Ok(scalar_opt(conn, "SELECT value FROM meta WHERE key = ?", [key])?.unwrap_or(0))
+}
+
+pub fn meta_set_sync(conn: &Connection, key: &str, value: i64) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![key, value],
+    )?;
+    Ok(())
+}
+
+/// Bytes the database holds now (its pages minus the free ones), on the writer's connection.
+pub fn used_bytes_sync(conn: &Connection) -> Result<u64, StoreError> {
+    let pages: i64 = scalar_one(conn, "PRAGMA page_count", [])?;
+    let free: i64 = scalar_one(conn, "PRAGMA freelist_count", [])?;
+    Ok((pages.saturating_sub(free)).max(0) as u64 * PAGE_SIZE)
 }
 
 /// Opens a pool of read connections to a database the writer has already created.
@@ -161,32 +225,6 @@ pub async fn open_readers(path: &Path) -> Result<SqlitePool, StoreError> {
         .min_connections(1)
         .connect_with(options(path)?.read_only(true))
         .await?)
-}
-
-/// Reads a counter from the `meta` table (0 when absent).
-pub async fn meta_get<'e, E>(executor: E, key: &str) -> Result<i64, StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    let v: Option<i64> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-        .bind(key)
-        .fetch_optional(executor)
-        .await?;
-    Ok(v.unwrap_or(0))
-}
-
-pub async fn meta_set<'e, E>(executor: E, key: &str, value: i64) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
-{
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(key)
-    .bind(value)
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 /// Writes a consistent copy of a database to `dest` (which must not exist), using `VACUUM INTO`.

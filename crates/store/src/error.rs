@@ -100,6 +100,18 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        // SQLITE_FULL: the disk, or the store's quota, is full.
+        if let rusqlite::Error::SqliteFailure(f, _) = &e
+            && f.code == rusqlite::ErrorCode::DiskFull
+        {
+            return StoreError::StorageFull;
+        }
+        StoreError::Database(e.to_string())
+    }
+}
+
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -3,8 +3,10 @@
 //! very same batch to its mirrors, which apply it with the same [`apply`]. So a copy is the same database,
 //! row for row, and replaying a batch twice changes nothing (every operation is an upsert or a delete).
 
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
-use sqlx::SqliteConnection;
+
+use crate::db;
 
 use crate::error::StoreError;
 
@@ -15,6 +17,7 @@ pub enum PhysOp {
         id: i64,
         message_id: String,
         meta: Option<String>,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
         enqueued_at_ms: i64,
         visible_at_ms: i64,
@@ -48,6 +51,7 @@ pub enum PhysOp {
         message_id: String,
         flags: String,
         internal_date_ms: i64,
+        #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
     MessageFlags {
@@ -107,7 +111,7 @@ pub fn mailbox_location(user: &str, folder: &str, uid: i64) -> String {
 }
 
 /// Applies one operation. Returns the number of rows it changed (0 when it had already been applied).
-pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, StoreError> {
+pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
     let rows = match op {
         PhysOp::QueueInsert {
             queue,
@@ -118,22 +122,10 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             enqueued_at_ms,
             visible_at_ms,
         } => {
-            let r = sqlx::query(
-                "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(queue)
-            .bind(id)
-            .bind(message_id)
-            .bind(meta)
-            .bind(body)
-            .bind(enqueued_at_ms)
-            .bind(visible_at_ms)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
+            let r = db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms])?;
             if r > 0 {
-                catalog_add(conn, &queue_location(queue, *id), message_id, *enqueued_at_ms).await?;
+                catalog_add(conn, &queue_location(queue, *id), message_id, *enqueued_at_ms)?;
             }
             r
         }
@@ -142,57 +134,25 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             id,
             lease,
             visible_at_ms,
-        } => sqlx::query(
-            "UPDATE queue_items SET lease = ?, visible_at_ms = ? WHERE queue = ? AND id = ?",
-        )
-        .bind(lease)
-        .bind(visible_at_ms)
-        .bind(queue)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        } => db::exec(conn, "UPDATE queue_items SET lease = ?, visible_at_ms = ? WHERE queue = ? AND id = ?", params![lease, visible_at_ms, queue, id])?,
         PhysOp::QueueDefer {
             queue,
             id,
             visible_at_ms,
             attempts,
             last_error,
-        } => sqlx::query(
-            "UPDATE queue_items SET lease = NULL, visible_at_ms = ?, attempts = ?, last_error = ?
-             WHERE queue = ? AND id = ?",
-        )
-        .bind(visible_at_ms)
-        .bind(attempts)
-        .bind(last_error)
-        .bind(queue)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        } => db::exec(conn, "UPDATE queue_items SET lease = NULL, visible_at_ms = ?, attempts = ?, last_error = ?
+             WHERE queue = ? AND id = ?", params![visible_at_ms, attempts, last_error, queue, id])?,
         PhysOp::QueueDelete { queue, id } => {
-            catalog_remove(conn, &queue_location(queue, *id)).await?;
-            sqlx::query("DELETE FROM queue_items WHERE queue = ? AND id = ?")
-                .bind(queue)
-                .bind(id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+            catalog_remove(conn, &queue_location(queue, *id))?;
+            db::exec(conn, "DELETE FROM queue_items WHERE queue = ? AND id = ?", params![queue, id])?
         }
         PhysOp::MailboxCreate {
             user,
             folder,
             uidvalidity,
-        } => sqlx::query(
-            "INSERT INTO mailboxes (user, folder, uidvalidity, uidnext) VALUES (?, ?, ?, 1)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(user)
-        .bind(folder)
-        .bind(uidvalidity)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        } => db::exec(conn, "INSERT INTO mailboxes (user, folder, uidvalidity, uidnext) VALUES (?, ?, ?, 1)
+             ON CONFLICT DO NOTHING", params![user, folder, uidvalidity])?,
         PhysOp::MessageInsert {
             user,
             folder,
@@ -202,39 +162,11 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             internal_date_ms,
             body,
         } => {
-            let r = sqlx::query(
-                "INSERT INTO messages (user, folder, uid, message_id, flags, internal_date_ms, size, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            )
-            .bind(user)
-            .bind(folder)
-            .bind(uid)
-            .bind(message_id)
-            .bind(flags)
-            .bind(internal_date_ms)
-            .bind(body.len() as i64)
-            .bind(body)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            sqlx::query(
-                "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(user)
-            .bind(folder)
-            .bind(message_id)
-            .bind(uid)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?",
-            )
-            .bind(uid)
-            .bind(user)
-            .bind(folder)
-            .execute(&mut *conn)
-            .await?;
+            let r = db::exec(conn, "INSERT INTO messages (user, folder, uid, message_id, flags, internal_date_ms, size, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![user, folder, uid, message_id, flags, internal_date_ms, body.len() as i64, body])?;
+            db::exec(conn, "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING", params![user, folder, message_id, uid])?;
+            db::exec(conn, "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?", params![uid, user, folder])?;
             if r > 0 {
                 catalog_add(
                     conn,
@@ -242,7 +174,7 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
                     message_id,
                     *internal_date_ms,
                 )
-                .await?;
+                ?;
             }
             r
         }
@@ -251,23 +183,10 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             folder,
             uid,
             flags,
-        } => sqlx::query("UPDATE messages SET flags = ? WHERE user = ? AND folder = ? AND uid = ?")
-            .bind(flags)
-            .bind(user)
-            .bind(folder)
-            .bind(uid)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
+        } => db::exec(conn, "UPDATE messages SET flags = ? WHERE user = ? AND folder = ? AND uid = ?", params![flags, user, folder, uid])?,
         PhysOp::MessageExpunge { user, folder, uid } => {
-            catalog_remove(conn, &mailbox_location(user, folder, *uid)).await?;
-            sqlx::query("DELETE FROM messages WHERE user = ? AND folder = ? AND uid = ?")
-                .bind(user)
-                .bind(folder)
-                .bind(uid)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
+            catalog_remove(conn, &mailbox_location(user, folder, *uid))?;
+            db::exec(conn, "DELETE FROM messages WHERE user = ? AND folder = ? AND uid = ?", params![user, folder, uid])?
         }
         PhysOp::TraceAppend {
             message_id,
@@ -276,19 +195,8 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             action,
             at_ms,
             detail,
-        } => sqlx::query(
-            "INSERT INTO trace (message_id, seq, node, action, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(message_id)
-        .bind(seq)
-        .bind(node)
-        .bind(action)
-        .bind(at_ms)
-        .bind(detail)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        } => db::exec(conn, "INSERT INTO trace (message_id, seq, node, action, at_ms, detail) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT DO NOTHING", params![message_id, seq, node, action, at_ms, detail])?,
         PhysOp::TransferAppend {
             seq,
             message_id,
@@ -296,19 +204,8 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             to,
             summary,
             at_ms,
-        } => sqlx::query(
-            "INSERT INTO transfer_log (seq, message_id, from_side, to_side, summary, at_ms)
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(seq)
-        .bind(message_id)
-        .bind(from)
-        .bind(to)
-        .bind(summary)
-        .bind(at_ms)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        } => db::exec(conn, "INSERT INTO transfer_log (seq, message_id, from_side, to_side, summary, at_ms)
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![seq, message_id, from, to, summary, at_ms])?,
         PhysOp::UserPut {
             address,
             password_hash,
@@ -316,67 +213,35 @@ pub async fn apply(conn: &mut SqliteConnection, op: &PhysOp) -> Result<u64, Stor
             sms,
             notify,
             updated_at_ms,
-        } => sqlx::query(
-            "INSERT INTO users (address, password_hash, alternate, sms, notify, updated_at_ms)
+        } => db::exec(conn, "INSERT INTO users (address, password_hash, alternate, sms, notify, updated_at_ms)
              VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT(address) DO UPDATE SET password_hash = excluded.password_hash,
                alternate = excluded.alternate, sms = excluded.sms, notify = excluded.notify,
-               updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(address)
-        .bind(password_hash)
-        .bind(alternate)
-        .bind(sms)
-        .bind(notify)
-        .bind(updated_at_ms)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        PhysOp::UserDelete { address } => sqlx::query("DELETE FROM users WHERE address = ?")
-            .bind(address)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
-        PhysOp::BlockPut { entry, at_ms } => sqlx::query(
-            "INSERT INTO blocklist (entry, added_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(entry)
-        .bind(at_ms)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        PhysOp::BlockDelete { entry } => sqlx::query("DELETE FROM blocklist WHERE entry = ?")
-            .bind(entry)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
+               updated_at_ms = excluded.updated_at_ms", params![address, password_hash, alternate, sms, notify, updated_at_ms])?,
+        PhysOp::UserDelete { address } => db::exec(conn, "DELETE FROM users WHERE address = ?", params![address])?,
+        PhysOp::BlockPut { entry, at_ms } => db::exec(conn, "INSERT INTO blocklist (entry, added_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING", params![entry, at_ms])?,
+        PhysOp::BlockDelete { entry } => db::exec(conn, "DELETE FROM blocklist WHERE entry = ?", params![entry])?,
     };
     Ok(rows)
 }
 
-async fn catalog_add(
-    conn: &mut SqliteConnection,
+fn catalog_add(
+    conn: &Connection,
     location: &str,
     message_id: &str,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO catalog (location, message_id, at_ms) VALUES (?, ?, ?)
-         ON CONFLICT(location) DO UPDATE SET message_id = excluded.message_id, at_ms = excluded.at_ms",
-    )
-    .bind(location)
-    .bind(message_id)
-    .bind(at_ms)
-    .execute(&mut *conn)
-    .await?;
+    db::exec(conn, "INSERT INTO catalog (location, message_id, at_ms) VALUES (?, ?, ?)
+         ON CONFLICT(location) DO UPDATE SET message_id = excluded.message_id, at_ms = excluded.at_ms", params![location, message_id, at_ms])?;
     Ok(())
 }
 
-async fn catalog_remove(conn: &mut SqliteConnection, location: &str) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM catalog WHERE location = ?")
-        .bind(location)
-        .execute(&mut *conn)
-        .await?;
+fn catalog_remove(conn: &Connection, location: &str) -> Result<(), StoreError> {
+    db::exec(
+        conn,
+        "DELETE FROM catalog WHERE location = ?",
+        params![location],
+    )?;
     Ok(())
 }
 
@@ -393,7 +258,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<PhysOp>, StoreError> {
 /// What a store ships to a mirror in one request: consecutive batches, each with its sequence number.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Shipment {
-    pub batches: Vec<(u64, Vec<u8>)>,
+    pub batches: Vec<(u64, bytes::Bytes)>,
 }
 
 #[cfg(test)]

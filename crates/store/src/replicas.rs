@@ -5,32 +5,52 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use rusqlite::Connection;
+use sqlx::SqlitePool;
 use tokio::sync::Mutex;
 
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::{self, Shipment};
 
+/// The replica's writer: a synchronous connection and the LSN it has applied.
+struct ReplicaWriter {
+    conn: Connection,
+    lsn: u64,
+}
+
 pub struct Replica {
     pub origin: String,
     path: PathBuf,
-    /// The writer connection and the LSN it has applied; one shipment at a time.
-    writer: Mutex<(SqliteConnection, u64)>,
+    /// One shipment at a time; applied on a blocking thread so a whole shipment is one hop.
+    writer: Arc<Mutex<ReplicaWriter>>,
     readers: RwLock<SqlitePool>,
+}
+
+fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
+    StoreError::Internal(format!("replica writer thread: {e}"))
+}
+
+fn open_replica_writer(path: &Path) -> Result<ReplicaWriter, StoreError> {
+    let conn = db::open_writer_sync(path, None)?;
+    let lsn = db::meta_get_sync(&conn, "lsn")?.max(0) as u64;
+    Ok(ReplicaWriter { conn, lsn })
 }
 
 impl Replica {
     async fn open(origin: &str, dir: &Path) -> Result<Replica, StoreError> {
         let path = dir.join(format!("replica-{origin}.sqlite"));
-        let mut conn = db::open_writer(&path, None).await?;
-        let lsn = db::meta_get(&mut conn, "lsn").await?.max(0) as u64;
+        let p = path.clone();
+        let writer = tokio::task::spawn_blocking(move || open_replica_writer(&p))
+            .await
+            .map_err(blocking_failed)??;
         let readers = db::open_readers(&path).await?;
-        metrics::gauge!("fabric_store_replica_lsn", "origin" => origin.to_string()).set(lsn as f64);
+        metrics::gauge!("fabric_store_replica_lsn", "origin" => origin.to_string())
+            .set(writer.lsn as f64);
         Ok(Replica {
             origin: origin.to_string(),
             path,
-            writer: Mutex::new((conn, lsn)),
+            writer: Arc::new(Mutex::new(writer)),
             readers: RwLock::new(readers),
         })
     }
@@ -43,37 +63,16 @@ impl Replica {
     }
 
     pub async fn lsn(&self) -> u64 {
-        self.writer.lock().await.1
+        self.writer.lock().await.lsn
     }
 
     /// Applies a shipment; batches already held are skipped, a gap is refused.
     pub async fn apply(&self, shipment: Shipment) -> Result<u64, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let (conn, lsn) = &mut *guard;
-        let mut tx = conn.begin().await?;
-        let mut next = *lsn;
-        let mut applied = 0u64;
-        for (batch_lsn, bytes) in &shipment.batches {
-            if *batch_lsn <= next {
-                continue;
-            }
-            if *batch_lsn != next + 1 {
-                return Err(StoreError::LsnGap {
-                    first: *batch_lsn,
-                    have: next,
-                });
-            }
-            for op in ops::decode_batch(bytes)? {
-                ops::apply(&mut tx, &op).await?;
-                applied += 1;
-            }
-            next = *batch_lsn;
-        }
-        if next != *lsn {
-            db::meta_set(&mut *tx, "lsn", next as i64).await?;
-        }
-        tx.commit().await?;
-        *lsn = next;
+        let mut guard = self.writer.clone().lock_owned().await;
+        let (next, applied) =
+            tokio::task::spawn_blocking(move || apply_shipment(&mut guard, &shipment))
+                .await
+                .map_err(blocking_failed)??;
         metrics::counter!("fabric_store_replica_ops_total", "origin" => self.origin.clone())
             .increment(applied);
         metrics::gauge!("fabric_store_replica_lsn", "origin" => self.origin.clone())
@@ -86,23 +85,32 @@ impl Replica {
         // Hold the writer so the LSN we report is the one in the file.
         let guard = self.writer.lock().await;
         db::snapshot_into(&self.readers(), dest).await?;
-        Ok(guard.1)
+        Ok(guard.lsn)
     }
 
     /// Replaces this replica with a full copy sent by its origin; answers the copy's LSN.
     pub async fn install(&self, file: &Path) -> Result<u64, StoreError> {
-        let mut guard = self.writer.lock().await;
-        let placeholder = SqliteConnection::connect("sqlite::memory:").await?;
-        let old = std::mem::replace(&mut guard.0, placeholder);
-        old.close().await?;
+        let mut guard = self.writer.clone().lock_owned().await;
         self.readers().close().await;
-        let installed = db::install_file(file, &self.path)
-            .map_err(|e| StoreError::Internal(format!("installing snapshot: {e}")));
-        let mut conn = db::open_writer(&self.path, None).await?;
-        // The origin's own replication log means nothing in a copy.
-        sqlx::query("DELETE FROM replog").execute(&mut conn).await?;
-        let lsn = db::meta_get(&mut conn, "lsn").await?.max(0) as u64;
-        *guard = (conn, lsn);
+        let (path, file) = (self.path.clone(), file.to_path_buf());
+        let (lsn, installed) = tokio::task::spawn_blocking(move || {
+            let placeholder = ReplicaWriter {
+                conn: Connection::open_in_memory()?,
+                lsn: 0,
+            };
+            let old = std::mem::replace(&mut *guard, placeholder);
+            old.conn.close().map_err(|(_, e)| e)?;
+            let installed = db::install_file(&file, &path)
+                .map_err(|e| StoreError::Internal(format!("installing snapshot: {e}")));
+            let fresh = open_replica_writer(&path)?;
+            // The origin's own replication log means nothing in a copy.
+            db::exec(&fresh.conn, "DELETE FROM replog", [])?;
+            let lsn = fresh.lsn;
+            *guard = fresh;
+            Ok::<_, StoreError>((lsn, installed))
+        })
+        .await
+        .map_err(blocking_failed)??;
         *self.readers.write().unwrap_or_else(|p| p.into_inner()) =
             db::open_readers(&self.path).await?;
         installed?;
@@ -111,6 +119,35 @@ impl Replica {
         tracing::info!(origin = %self.origin, lsn, "installed a full copy from the origin store");
         Ok(lsn)
     }
+}
+
+/// One transaction, one fsync, for every new batch of the shipment.
+fn apply_shipment(w: &mut ReplicaWriter, shipment: &Shipment) -> Result<(u64, u64), StoreError> {
+    let tx = w.conn.transaction()?;
+    let mut next = w.lsn;
+    let mut applied = 0u64;
+    for (batch_lsn, bytes) in &shipment.batches {
+        if *batch_lsn <= next {
+            continue;
+        }
+        if *batch_lsn != next + 1 {
+            return Err(StoreError::LsnGap {
+                first: *batch_lsn,
+                have: next,
+            });
+        }
+        for op in ops::decode_batch(bytes)? {
+            ops::apply(&tx, &op)?;
+            applied += 1;
+        }
+        next = *batch_lsn;
+    }
+    if next != w.lsn {
+        db::meta_set_sync(&tx, "lsn", next as i64)?;
+    }
+    tx.commit()?;
+    w.lsn = next;
+    Ok((next, applied))
 }
 
 /// Every copy this store holds, by origin store name.

@@ -468,9 +468,7 @@ impl Replication {
 
     async fn send(&self, link: &Link, batches: Vec<(u64, Bytes)>) -> Result<u64, ClientError> {
         let count = batches.len();
-        let shipment = Shipment {
-            batches: batches.into_iter().map(|(l, b)| (l, b.to_vec())).collect(),
-        };
+        let shipment = Shipment { batches };
         let bytes = postcard::to_stdvec(&shipment).map_err(|e| ClientError::Decode {
             url: link.client.base().to_string(),
             message: e.to_string(),

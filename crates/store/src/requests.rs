@@ -4,8 +4,10 @@
 //! value (ids, UIDs, lease tokens, times) and applies the resulting [`PhysOp`]s through [`ops::apply`],
 //! the same function a mirror uses, so both copies end up identical.
 
+use rusqlite::{Connection, params};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection};
+
+use crate::db;
 
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
@@ -160,7 +162,7 @@ pub enum Reply {
 
 /// What one request may use while the writer's transaction is open.
 pub struct Ctx<'a> {
-    pub conn: &'a mut SqliteConnection,
+    pub conn: &'a Connection,
     pub counters: &'a mut Counters,
     pub now_ms: i64,
     pub phys: &'a mut Vec<PhysOp>,
@@ -168,14 +170,14 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Applies an operation here and keeps it for the mirrors.
-    async fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
-        let rows = ops::apply(self.conn, &op).await?;
+    fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
+        let rows = ops::apply(self.conn, &op)?;
         self.phys.push(op);
         Ok(rows)
     }
 }
 
-pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError> {
+pub fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError> {
     match request {
         Request::Enqueue {
             queue,
@@ -183,12 +185,11 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             meta,
             body,
         } => {
-            let existing: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM queue_items WHERE queue = ? AND message_id = ?")
-                    .bind(queue)
-                    .bind(message_id)
-                    .fetch_optional(&mut *ctx.conn)
-                    .await?;
+            let existing: Option<i64> = db::scalar_opt(
+                ctx.conn,
+                "SELECT id FROM queue_items WHERE queue = ? AND message_id = ?",
+                params![queue, message_id],
+            )?;
             if let Some(id) = existing {
                 return Ok(Reply::Enqueued {
                     id,
@@ -206,8 +207,7 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                 body: body.clone(),
                 enqueued_at_ms: ctx.now_ms,
                 visible_at_ms: ctx.now_ms,
-            })
-            .await?;
+            })?;
             Ok(Reply::Enqueued {
                 id,
                 message_id: message_id.clone(),
@@ -219,45 +219,47 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             max,
             visibility_ms,
         } => {
-            let rows = sqlx::query(
+            let rows = db::rows_all(
+                ctx.conn,
                 "SELECT id, message_id, meta, attempts, body FROM queue_items
                  WHERE queue = ? AND visible_at_ms <= ? ORDER BY visible_at_ms, id LIMIT ?",
-            )
-            .bind(queue)
-            .bind(ctx.now_ms)
-            .bind(*max as i64)
-            .fetch_all(&mut *ctx.conn)
-            .await?;
+                params![queue, ctx.now_ms, *max as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )?;
             let mut items = Vec::with_capacity(rows.len());
-            for row in rows {
+            for (id, message_id, meta, attempts, body) in rows {
                 let lease = uuid::Uuid::new_v4().simple().to_string();
-                let id: i64 = row.try_get("id")?;
-                let meta: Option<String> = row.try_get("meta")?;
                 items.push(LeasedItem {
                     id,
-                    message_id: row.try_get("message_id")?,
+                    message_id,
                     lease: lease.clone(),
                     meta: meta.and_then(|m| serde_json::from_str(&m).ok()),
-                    attempts: row.try_get("attempts")?,
-                    body: row.try_get("body")?,
+                    attempts,
+                    body,
                 });
                 ctx.apply(PhysOp::QueueLease {
                     queue: queue.clone(),
                     id,
                     lease,
                     visible_at_ms: ctx.now_ms + visibility_ms,
-                })
-                .await?;
+                })?;
             }
             Ok(Reply::Leased(items))
         }
         Request::Ack { queue, id, lease } => {
-            check_lease(ctx, queue, *id, lease.as_deref()).await?;
+            check_lease(ctx, queue, *id, lease.as_deref())?;
             ctx.apply(PhysOp::QueueDelete {
                 queue: queue.clone(),
                 id: *id,
-            })
-            .await?;
+            })?;
             Ok(Reply::Acked)
         }
         Request::Defer {
@@ -267,15 +269,14 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             until_ms,
             error,
         } => {
-            let attempts = check_lease(ctx, queue, *id, lease.as_deref()).await?;
+            let attempts = check_lease(ctx, queue, *id, lease.as_deref())?;
             ctx.apply(PhysOp::QueueDefer {
                 queue: queue.clone(),
                 id: *id,
                 visible_at_ms: *until_ms,
                 attempts: attempts + 1,
                 last_error: error.clone(),
-            })
-            .await?;
+            })?;
             Ok(Reply::Deferred {
                 visible_at_ms: *until_ms,
             })
@@ -288,15 +289,12 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             internal_date_ms,
             body,
         } => {
-            let uidvalidity = ensure_mailbox(ctx, user, folder).await?;
-            let existing: Option<i64> = sqlx::query_scalar(
+            let uidvalidity = ensure_mailbox(ctx, user, folder)?;
+            let existing: Option<i64> = db::scalar_opt(
+                ctx.conn,
                 "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
-            )
-            .bind(user)
-            .bind(folder)
-            .bind(message_id)
-            .fetch_optional(&mut *ctx.conn)
-            .await?;
+                params![user, folder, message_id],
+            )?;
             if let Some(uid) = existing {
                 return Ok(Reply::Appended {
                     uid,
@@ -305,12 +303,11 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                     duplicate: true,
                 });
             }
-            let uid: i64 =
-                sqlx::query_scalar("SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?")
-                    .bind(user)
-                    .bind(folder)
-                    .fetch_one(&mut *ctx.conn)
-                    .await?;
+            let uid: i64 = db::scalar_one(
+                ctx.conn,
+                "SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?",
+                params![user, folder],
+            )?;
             ctx.apply(PhysOp::MessageInsert {
                 user: user.clone(),
                 folder: folder.clone(),
@@ -319,8 +316,7 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                 flags: join_flags(flags.iter().cloned()),
                 internal_date_ms: internal_date_ms.unwrap_or(ctx.now_ms),
                 body: body.clone(),
-            })
-            .await?;
+            })?;
             Ok(Reply::Appended {
                 uid,
                 uidvalidity,
@@ -334,14 +330,11 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             uid,
             change,
         } => {
-            let current: Option<String> = sqlx::query_scalar(
+            let current: Option<String> = db::scalar_opt(
+                ctx.conn,
                 "SELECT flags FROM messages WHERE user = ? AND folder = ? AND uid = ?",
-            )
-            .bind(user)
-            .bind(folder)
-            .bind(uid)
-            .fetch_optional(&mut *ctx.conn)
-            .await?;
+                params![user, folder, uid],
+            )?;
             let current = current.ok_or_else(|| {
                 StoreError::NoSuchItem(format!("{user}/{folder} has no message with UID {uid}"))
             })?;
@@ -360,21 +353,19 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                     folder: folder.clone(),
                     uid: *uid,
                     flags: flags.clone(),
-                })
-                .await?;
+                })?;
             }
             Ok(Reply::Flags(split_flags(&flags)))
         }
         Request::Expunge { user, folder, uids } => {
-            let rows = sqlx::query("SELECT uid, flags FROM messages WHERE user = ? AND folder = ?")
-                .bind(user)
-                .bind(folder)
-                .fetch_all(&mut *ctx.conn)
-                .await?;
+            let rows = db::rows_all(
+                ctx.conn,
+                "SELECT uid, flags FROM messages WHERE user = ? AND folder = ?",
+                params![user, folder],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+            )?;
             let mut gone = Vec::new();
-            for row in rows {
-                let uid: i64 = row.try_get("uid")?;
-                let flags: String = row.try_get("flags")?;
+            for (uid, flags) in rows {
                 let chosen = match uids {
                     Some(list) => list.contains(&uid),
                     None => split_flags(&flags).iter().any(|f| f == "\\Deleted"),
@@ -384,8 +375,7 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                         user: user.clone(),
                         folder: folder.clone(),
                         uid,
-                    })
-                    .await?;
+                    })?;
                     gone.push(uid);
                 }
             }
@@ -398,12 +388,11 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             at_ms,
             detail,
         } => {
-            let seq: i64 = sqlx::query_scalar(
+            let seq: i64 = db::scalar_one(
+                ctx.conn,
                 "SELECT COALESCE(MAX(seq), 0) + 1 FROM trace WHERE message_id = ?",
-            )
-            .bind(message_id)
-            .fetch_one(&mut *ctx.conn)
-            .await?;
+                params![message_id],
+            )?;
             ctx.apply(PhysOp::TraceAppend {
                 message_id: message_id.clone(),
                 seq,
@@ -411,8 +400,7 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                 action: action.clone(),
                 at_ms: at_ms.unwrap_or(ctx.now_ms),
                 detail: detail.clone(),
-            })
-            .await?;
+            })?;
             Ok(Reply::Seq(seq))
         }
         Request::Transfer {
@@ -431,8 +419,7 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
                 to: to.clone(),
                 summary: summary.clone(),
                 at_ms: at_ms.unwrap_or(ctx.now_ms),
-            })
-            .await?;
+            })?;
             Ok(Reply::Seq(seq))
         }
         Request::UserPut {
@@ -442,52 +429,45 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
             sms,
             notify,
         } => {
-            let changed = ctx
-                .apply(PhysOp::UserPut {
-                    address: address.clone(),
-                    password_hash: password_hash.clone(),
-                    alternate: alternate.clone(),
-                    sms: sms.clone(),
-                    notify: notify.clone(),
-                    updated_at_ms: ctx.now_ms,
-                })
-                .await?;
+            let changed = ctx.apply(PhysOp::UserPut {
+                address: address.clone(),
+                password_hash: password_hash.clone(),
+                alternate: alternate.clone(),
+                sms: sms.clone(),
+                notify: notify.clone(),
+                updated_at_ms: ctx.now_ms,
+            })?;
             Ok(Reply::Done {
                 changed: changed > 0,
             })
         }
         Request::UserDelete { address } => {
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT address FROM users WHERE address = ?")
-                    .bind(address)
-                    .fetch_optional(&mut *ctx.conn)
-                    .await?;
+            let exists: Option<String> = db::scalar_opt(
+                ctx.conn,
+                "SELECT address FROM users WHERE address = ?",
+                params![address],
+            )?;
             if exists.is_none() {
                 return Err(StoreError::NotFound(format!("no user {address:?}")));
             }
             ctx.apply(PhysOp::UserDelete {
                 address: address.clone(),
-            })
-            .await?;
+            })?;
             Ok(Reply::Done { changed: true })
         }
         Request::BlockPut { entry } => {
-            let changed = ctx
-                .apply(PhysOp::BlockPut {
-                    entry: entry.clone(),
-                    at_ms: ctx.now_ms,
-                })
-                .await?;
+            let changed = ctx.apply(PhysOp::BlockPut {
+                entry: entry.clone(),
+                at_ms: ctx.now_ms,
+            })?;
             Ok(Reply::Done {
                 changed: changed > 0,
             })
         }
         Request::BlockDelete { entry } => {
-            let changed = ctx
-                .apply(PhysOp::BlockDelete {
-                    entry: entry.clone(),
-                })
-                .await?;
+            let changed = ctx.apply(PhysOp::BlockDelete {
+                entry: entry.clone(),
+            })?;
             if changed == 0 {
                 return Err(StoreError::NotFound(format!(
                     "{entry:?} is not on the blocklist"
@@ -500,19 +480,20 @@ pub async fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, Stor
 
 /// Checks that `lease` (when given) still holds the item; returns its attempt count.
 /// A lease that expired but was not taken by anyone else still counts: the work was done.
-async fn check_lease(
+fn check_lease(
     ctx: &mut Ctx<'_>,
     queue: &str,
     id: i64,
     lease: Option<&str>,
 ) -> Result<i64, StoreError> {
-    let row = sqlx::query("SELECT lease, attempts FROM queue_items WHERE queue = ? AND id = ?")
-        .bind(queue)
-        .bind(id)
-        .fetch_optional(&mut *ctx.conn)
-        .await?
-        .ok_or_else(|| StoreError::NoSuchItem(format!("queue {queue:?} has no item {id}")))?;
-    let held: Option<String> = row.try_get("lease")?;
+    let row = db::row_opt(
+        ctx.conn,
+        "SELECT lease, attempts FROM queue_items WHERE queue = ? AND id = ?",
+        params![queue, id],
+        |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, i64>(1)?)),
+    )?
+    .ok_or_else(|| StoreError::NoSuchItem(format!("queue {queue:?} has no item {id}")))?;
+    let (held, attempts) = row;
     if let Some(given) = lease
         && held.as_deref() != Some(given)
     {
@@ -520,17 +501,16 @@ async fn check_lease(
             "item {id} of queue {queue:?} is not held by lease {given}"
         )));
     }
-    Ok(row.try_get("attempts")?)
+    Ok(attempts)
 }
 
 /// Creates the mailbox folder if needed; returns its UIDVALIDITY.
-async fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, StoreError> {
-    let existing: Option<i64> =
-        sqlx::query_scalar("SELECT uidvalidity FROM mailboxes WHERE user = ? AND folder = ?")
-            .bind(user)
-            .bind(folder)
-            .fetch_optional(&mut *ctx.conn)
-            .await?;
+fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, StoreError> {
+    let existing: Option<i64> = db::scalar_opt(
+        ctx.conn,
+        "SELECT uidvalidity FROM mailboxes WHERE user = ? AND folder = ?",
+        params![user, folder],
+    )?;
     if let Some(v) = existing {
         return Ok(v);
     }
@@ -540,8 +520,7 @@ async fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i
         user: user.to_string(),
         folder: folder.to_string(),
         uidvalidity,
-    })
-    .await?;
+    })?;
     Ok(uidvalidity)
 }
 

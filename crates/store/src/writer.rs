@@ -1,4 +1,4 @@
-//! The writer: the one task that writes a store's own database, with group commit.
+//! The writer: the one thread that writes a store's own database, with group commit.
 //!
 //! Handlers send [`Request`]s; the writer takes every request waiting (up to a batch limit), decides
 //! each one's physical operations (ids, UIDs, leases), applies them in one transaction, appends the
@@ -6,12 +6,16 @@
 //! hands the batch to replication. Each handler then gets its [`Reply`] and the sequence number (LSN) it
 //! must see mirrored before it answers the client. So concurrent writers share fsyncs, and the mirror
 //! round trip of one batch overlaps the commit of the next.
+//!
+//! The writer is a plain OS thread with a synchronous SQLite connection (rusqlite): a batch of N
+//! requests runs as one uninterrupted sequence of statements, where an async driver would cost two
+//! thread hand-offs per statement. Handlers still `await` their answer on a oneshot channel.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db;
@@ -90,7 +94,7 @@ pub struct Counters {
 }
 
 pub struct Writer {
-    conn: SqliteConnection,
+    conn: Connection,
     path: PathBuf,
     quota: Option<u64>,
     counters: Counters,
@@ -103,41 +107,50 @@ impl Writer {
         quota: Option<u64>,
         repl: Arc<Replication>,
     ) -> Result<Writer, StoreError> {
-        let mut conn = db::open_writer(&path, quota).await?;
-        let counters = load_counters(&mut conn).await?;
-        Ok(Writer {
-            conn,
-            path,
-            quota,
-            counters,
-            repl,
+        tokio::task::spawn_blocking(move || {
+            let conn = db::open_writer_sync(&path, quota)?;
+            let counters = load_counters(&conn)?;
+            Ok(Writer {
+                conn,
+                path,
+                quota,
+                counters,
+                repl,
+            })
         })
+        .await
+        .map_err(|e| StoreError::Internal(format!("opening the writer: {e}")))?
     }
 
     pub fn lsn(&self) -> u64 {
         self.counters.lsn
     }
 
-    /// Runs until every handle is dropped.
+    /// Runs on its own thread until every handle is dropped.
     pub fn spawn(self) -> WriterHandle {
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(self.run(rx));
+        let spawned = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || self.run(rx));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "could not start the writer thread");
+        }
         WriterHandle { tx }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut pending: Option<Command> = None;
         loop {
             let first = match pending.take() {
                 Some(c) => c,
-                None => match rx.recv().await {
+                None => match rx.blocking_recv() {
                     Some(c) => c,
                     None => break,
                 },
             };
             let first = match first {
                 Command::Install(path, reply) => {
-                    let result = self.install(path).await;
+                    let result = self.install(path);
                     let _ = reply.send(result);
                     continue;
                 }
@@ -146,10 +159,11 @@ impl Writer {
                     continue;
                 }
                 Command::Prune(upto) => {
-                    let pruned = sqlx::query("DELETE FROM replog WHERE lsn <= ?")
-                        .bind(upto as i64)
-                        .execute(&mut self.conn)
-                        .await;
+                    let pruned = db::exec(
+                        &self.conn,
+                        "DELETE FROM replog WHERE lsn <= ?",
+                        [upto as i64],
+                    );
                     if let Err(e) = pruned {
                         tracing::warn!(error = %e, "pruning the replication log");
                     }
@@ -172,16 +186,16 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit_batch(batch).await;
+            self.commit_batch(batch);
         }
         tracing::info!("writer stopped");
     }
 
-    async fn commit_batch(&mut self, batch: Vec<(Request, oneshot::Sender<WriteResult>)>) {
+    fn commit_batch(&mut self, batch: Vec<(Request, oneshot::Sender<WriteResult>)>) {
         let started = Instant::now();
         let saved = self.counters;
         let size = batch.len();
-        let outcome = self.execute_batch(&batch).await;
+        let outcome = self.execute_batch(&batch);
         match outcome {
             Ok((replies, phys_count)) => {
                 let lsn = self.counters.lsn;
@@ -214,17 +228,17 @@ impl Writer {
 
     /// One transaction for the whole batch. Per-request refusals (404, 409, 400) leave the batch going;
     /// a database error rolls all of it back.
-    async fn execute_batch(
+    fn execute_batch(
         &mut self,
         batch: &[(Request, oneshot::Sender<WriteResult>)],
     ) -> Result<(Vec<Result<Reply, StoreError>>, usize), StoreError> {
-        let mut tx = self.conn.begin().await?;
+        let tx = self.conn.transaction()?;
         let mut phys: Vec<PhysOp> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         let now = now_ms();
         // Growing requests stop at the quota; the reserve above it is kept for housekeeping.
         let mut used = match self.quota {
-            Some(_) => db::used_bytes(&mut tx).await?,
+            Some(_) => db::used_bytes_sync(&tx)?,
             None => 0,
         };
         for (request, _) in batch {
@@ -245,12 +259,12 @@ impl Writer {
                 used += size;
             }
             let mut ctx = requests::Ctx {
-                conn: &mut tx,
+                conn: &tx,
                 counters: &mut self.counters,
                 now_ms: now,
                 phys: &mut phys,
             };
-            match requests::execute(&mut ctx, request).await {
+            match requests::execute(&mut ctx, request) {
                 Ok(reply) => replies.push(Ok(reply)),
                 Err(e) if e.is_request_error() => replies.push(Err(e)),
                 Err(e) => return Err(e),
@@ -261,16 +275,16 @@ impl Writer {
         } else {
             self.counters.lsn += 1;
             let encoded = ops::encode_batch(&phys)?;
-            sqlx::query("INSERT INTO replog (lsn, batch) VALUES (?, ?)")
-                .bind(self.counters.lsn as i64)
-                .bind(&encoded)
-                .execute(&mut *tx)
-                .await?;
-            db::meta_set(&mut *tx, "lsn", self.counters.lsn as i64).await?;
-            db::meta_set(&mut *tx, "next_queue_id", self.counters.next_queue_id).await?;
+            db::exec(
+                &tx,
+                "INSERT INTO replog (lsn, batch) VALUES (?, ?)",
+                rusqlite::params![self.counters.lsn as i64, &encoded],
+            )?;
+            db::meta_set_sync(&tx, "lsn", self.counters.lsn as i64)?;
+            db::meta_set_sync(&tx, "next_queue_id", self.counters.next_queue_id)?;
             Some(encoded)
         };
-        tx.commit().await?;
+        tx.commit()?;
         if let Some(encoded) = encoded {
             self.repl.publish(self.counters.lsn, encoded.into());
         }
@@ -278,18 +292,18 @@ impl Writer {
     }
 
     /// Swaps the database for a snapshot taken from a mirror, and restarts replication from its LSN.
-    async fn install(&mut self, snapshot: PathBuf) -> Result<u64, StoreError> {
+    fn install(&mut self, snapshot: PathBuf) -> Result<u64, StoreError> {
         // Close our connection before the file under it moves.
-        let placeholder = SqliteConnection::connect("sqlite::memory:").await?;
+        let placeholder = Connection::open_in_memory()?;
         let old = std::mem::replace(&mut self.conn, placeholder);
-        old.close().await?;
+        old.close().map_err(|(_, e)| e)?;
         let installed = db::install_file(&snapshot, &self.path)
             .map_err(|e| StoreError::Internal(format!("installing snapshot: {e}")));
         // Whatever happened, reopen what is at the path so the store keeps a working connection.
-        let mut conn = db::open_writer(&self.path, self.quota).await?;
+        let conn = db::open_writer_sync(&self.path, self.quota)?;
         // A mirror's copy carries no replication log of ours worth keeping: start afresh.
-        sqlx::query("DELETE FROM replog").execute(&mut conn).await?;
-        self.counters = load_counters(&mut conn).await?;
+        db::exec(&conn, "DELETE FROM replog", [])?;
+        self.counters = load_counters(&conn)?;
         self.conn = conn;
         self.repl.reset(self.counters.lsn);
         installed?;
@@ -297,15 +311,11 @@ impl Writer {
     }
 }
 
-async fn load_counters(conn: &mut SqliteConnection) -> Result<Counters, StoreError> {
-    let lsn = db::meta_get(&mut *conn, "lsn").await?.max(0) as u64;
-    let stored_next = db::meta_get(&mut *conn, "next_queue_id").await?;
-    let max_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM queue_items")
-        .fetch_one(&mut *conn)
-        .await?;
-    let max_seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM transfer_log")
-        .fetch_one(&mut *conn)
-        .await?;
+fn load_counters(conn: &Connection) -> Result<Counters, StoreError> {
+    let lsn = db::meta_get_sync(conn, "lsn")?.max(0) as u64;
+    let stored_next = db::meta_get_sync(conn, "next_queue_id")?;
+    let max_id: Option<i64> = db::scalar_one(conn, "SELECT MAX(id) FROM queue_items", [])?;
+    let max_seq: Option<i64> = db::scalar_one(conn, "SELECT MAX(seq) FROM transfer_log", [])?;
     Ok(Counters {
         lsn,
         next_queue_id: stored_next.max(max_id.unwrap_or(0) + 1).max(1),

@@ -1,0 +1,50 @@
+//! What the stores say about the run (group commit and shipping), read from their `/metrics`.
+
+use std::time::Duration;
+
+use fabric::Launcher;
+use store_client::{Method, StoreClient};
+
+fn sum(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            if metric != name || label.is_some_and(|lab| !series.contains(lab)) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// One line per store: batches committed, mean requests per batch, mean commit time, shipments.
+pub async fn report(launcher: &Launcher) -> Vec<String> {
+    let mut lines = Vec::new();
+    for node in &launcher.topology.nodes {
+        let admin = StoreClient::new(launcher.admin_url(node)).with_timeout(Duration::from_secs(5));
+        let Ok(resp) = admin
+            .raw(Method::GET, "/metrics", &[], Vec::<u8>::new())
+            .await
+        else {
+            continue;
+        };
+        let m = String::from_utf8_lossy(&resp.body);
+        let batches = sum(&m, "fabric_store_batch_requests_count", None);
+        let requests = sum(&m, "fabric_store_batch_requests_sum", None);
+        let commit = sum(&m, "fabric_store_commit_seconds_sum", None);
+        let shipments = sum(&m, "fabric_store_shipments_total", None);
+        let shipped = sum(&m, "fabric_store_shipped_batches_total", None);
+        lines.push(format!(
+            "{:<10} local batches {:>7.0}, {:>6.1} requests/batch, commit {:>6.3} ms; shipments {:>7.0}, {:>5.1} batches/shipment",
+            node.name,
+            batches,
+            if batches > 0.0 { requests / batches } else { 0.0 },
+            if batches > 0.0 { commit * 1000.0 / batches } else { 0.0 },
+            shipments,
+            if shipments > 0.0 { shipped / shipments } else { 0.0 },
+        ));
+    }
+    lines
+}

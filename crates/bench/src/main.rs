@@ -1,0 +1,238 @@
+//! `fabric-bench` (`make bench`): how many mirrored 4 KiB writes per second the store acknowledges at
+//! concurrency 1, 16 and 64, beside what the same disk does with plain append+fsync by 1 and by 20
+//! writers. Every configuration runs once per round, rounds interleave them (so a noisy neighbour
+//! hurts all alike), and the table reports each configuration's median round.
+
+mod internals;
+mod raw;
+mod store_load;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fabric::{Launcher, SpawnOptions, find_bin_dir};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use store_client::StoreClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fabric-bench",
+    about = "Store writes/s and latency beside the raw fsync rate"
+)]
+struct Args {
+    /// Rounds; each runs every configuration once, interleaved.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Length of one measurement, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Store concurrencies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Raw writer counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,20")]
+    raw_writers: Vec<usize>,
+    /// The topology to start (its stores are offset by --port-offset).
+    #[arg(long, default_value = "topology/two-site.toml")]
+    topology: PathBuf,
+    /// The store written to; its mirror in the other site must ack every write.
+    #[arg(long, default_value = "store-w1")]
+    store: String,
+    /// Added to every port so the bench does not collide with `make run`.
+    #[arg(long, default_value_t = 5000)]
+    port_offset: u16,
+    /// Where node data and the raw files go (default: a temporary directory under ./var).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Also print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub count: u64,
+}
+
+impl Sample {
+    pub fn from_histogram(h: &Histogram<u64>, elapsed: Duration) -> Sample {
+        Sample {
+            per_second: h.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            count: h.len(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    rounds: Vec<Sample>,
+    median: Sample,
+}
+
+fn median(samples: &[Sample]) -> Sample {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+    sorted[sorted.len() / 2].clone()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let duration = Duration::from_secs_f64(args.seconds);
+    let base = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("var"));
+    std::fs::create_dir_all(&base)?;
+    let work = tempfile::Builder::new()
+        .prefix("bench-")
+        .tempdir_in(&base)?;
+
+    // The fabric, as `fabric up` runs it, on ports of its own.
+    let mut topology = topology::Topology::load(&args.topology)?;
+    topology
+        .offset_ports(args.port_offset)
+        .map_err(anyhow::Error::msg)?;
+    let topo_file = work.path().join("topology.toml");
+    std::fs::write(&topo_file, topology.to_toml()?)?;
+    let launcher = Launcher::new(&topo_file, &work.path().join("fabric"), &find_bin_dir())?;
+    let mut children = Vec::new();
+    for node in &launcher.topology.nodes {
+        let child = launcher.spawn(
+            &node.name,
+            SpawnOptions {
+                die_with_parent: true,
+            },
+        )?;
+        children.push((node.name.clone(), child));
+    }
+    let result = run(&args, &launcher, work.path(), duration).await;
+    for (_, child) in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result
+}
+
+async fn run(
+    args: &Args,
+    launcher: &Launcher,
+    dir: &std::path::Path,
+    duration: Duration,
+) -> anyhow::Result<()> {
+    for node in &launcher.topology.nodes {
+        launcher
+            .wait_ready(&node.name, None, Duration::from_secs(60))
+            .await?;
+    }
+    let node = launcher.node(&args.store)?;
+    let url = format!(
+        "http://{}",
+        node.service_addr("store")
+            .with_context(|| format!("{} has no store port", args.store))?
+    );
+    let client = StoreClient::new(url).with_timeout(Duration::from_secs(30));
+    // Warm up: connections, SQLite caches, the mirror link in sync.
+    store_load::enqueue(&client, 16, Duration::from_secs(1), 0).await?;
+
+    let raw_dir = dir.join("raw");
+    std::fs::create_dir_all(&raw_dir)?;
+    let mut rows: Vec<Row> = args
+        .raw_writers
+        .iter()
+        .map(|w| format!("raw append+fsync, {w} writer(s)"))
+        .chain(
+            args.concurrency
+                .iter()
+                .map(|c| format!("store enqueue, mirrored, concurrency {c}")),
+        )
+        .map(|name| Row {
+            name,
+            rounds: Vec::new(),
+            median: Sample {
+                per_second: 0.0,
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+                count: 0,
+            },
+        })
+        .collect();
+    for round in 1..=args.rounds {
+        eprintln!("round {round}/{}", args.rounds);
+        let mut i = 0;
+        for &w in &args.raw_writers {
+            let d = raw_dir.clone();
+            let s =
+                tokio::task::spawn_blocking(move || raw::append_fsync(&d, w, duration)).await??;
+            rows[i].rounds.push(s);
+            i += 1;
+        }
+        for &c in &args.concurrency {
+            let s = store_load::enqueue(&client, c, duration, round).await?;
+            rows[i].rounds.push(s);
+            i += 1;
+        }
+    }
+    for row in &mut rows {
+        row.median = median(&row.rounds);
+    }
+    print_table(args, &rows);
+    println!();
+    println!("store internals over the whole run (from /metrics):");
+    for line in internals::report(launcher).await {
+        println!("  {line}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(())
+}
+
+fn print_table(args: &Args, rows: &[Row]) {
+    let reference = args
+        .raw_writers
+        .iter()
+        .position(|w| *w == 20)
+        .or(Some(args.raw_writers.len().saturating_sub(1)))
+        .and_then(|i| rows.get(i))
+        .map(|r| (r.name.clone(), r.median.per_second));
+    println!();
+    println!(
+        "{} rounds x {}s each, interleaved; medians. Store: {} acking only after its other-site mirror fsynced.",
+        args.rounds, args.seconds, args.store
+    );
+    println!(
+        "{:<44} {:>10} {:>9} {:>9} {:>10}  rounds (writes/s)",
+        "measurement", "writes/s", "p50 ms", "p99 ms", "vs raw@20"
+    );
+    for row in rows {
+        let ratio = reference
+            .as_ref()
+            .map(|(_, r)| format!("{:.2}", row.median.per_second / r))
+            .unwrap_or_default();
+        let all: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|s| format!("{:.0}", s.per_second))
+            .collect();
+        println!(
+            "{:<44} {:>10.0} {:>9.3} {:>9.3} {:>10}  {}",
+            row.name,
+            row.median.per_second,
+            row.median.p50_ms,
+            row.median.p99_ms,
+            ratio,
+            all.join(" ")
+        );
+    }
+}

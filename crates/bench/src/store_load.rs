@@ -1,0 +1,68 @@
+//! Mirrored store writes: `concurrency` clients each enqueueing 4 KiB bodies back to back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use store_client::StoreClient;
+
+use crate::Sample;
+
+/// Runs `concurrency` writers against `client` for `duration`; every write must come back with two
+/// copies (this store and its mirror), else the run fails.
+pub async fn enqueue(
+    client: &StoreClient,
+    concurrency: usize,
+    duration: Duration,
+    round: usize,
+) -> anyhow::Result<Sample> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let single_copy = Arc::new(AtomicU64::new(0));
+    let body = bytes_4k();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let client = client.clone();
+        let stop = stop.clone();
+        let single_copy = single_copy.clone();
+        let body = body.clone();
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new(3)?;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = format!("bench-r{round}-c{concurrency}-w{w}-{i}");
+                let t = Instant::now();
+                let written = client
+                    .enqueue("bench", Some(&id), None, body.clone())
+                    .await?;
+                hist.record(t.elapsed().as_micros() as u64)?;
+                if written.copies.len() < 2 {
+                    single_copy.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let start = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new(3)?;
+    while let Some(joined) = tasks.join_next().await {
+        total.add(&joined??)?;
+    }
+    let elapsed = start.elapsed();
+    let unmirrored = single_copy.load(Ordering::Relaxed);
+    if unmirrored > 0 {
+        anyhow::bail!(
+            "{unmirrored} writes were acknowledged with one copy: the mirror is not in the run"
+        );
+    }
+    Ok(Sample::from_histogram(&total, elapsed))
+}
+
+fn bytes_4k() -> Vec<u8> {
+    let mut body = b"Subject: bench\r\n\r\n".to_vec();
+    body.resize(4096, b'b');
+    body
+}
