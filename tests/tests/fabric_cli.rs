@@ -244,15 +244,19 @@ async fn ctrl_c_stops_a_foreground_fabric_cleanly() -> anyhow::Result<()> {
             .stderr(std::process::Stdio::null())
             .spawn()?,
     );
-    wait_for("both stores ready", Duration::from_secs(60), || {
-        f.status()
-            .map(|s| {
-                s["nodes"]
-                    .as_array()
-                    .is_some_and(|n| n.iter().all(|n| n["state"] == "ready"))
-            })
-            .unwrap_or(false)
+    // `fabric up` records itself as the supervisor once every node is ready and it is watching them.
+    let state_file = f.data.path().join("var/fabric.json");
+    wait_for("fabric up to supervise", Duration::from_secs(60), || {
+        std::fs::read_to_string(&state_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .is_some_and(|s| s["supervisor"].as_u64() == Some(u64::from(up.0.id())))
     })?;
+    assert!(
+        f.status()?["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] == "ready"))
+    );
     let node_pids: Vec<u32> = f.pids().into_iter().filter(|p| *p != up.0.id()).collect();
     assert_eq!(node_pids.len(), 2);
 

@@ -25,6 +25,8 @@ pub struct Replica {
     /// One shipment at a time; applied on a blocking thread so a whole shipment is one hop.
     writer: Arc<Mutex<ReplicaWriter>>,
     readers: RwLock<SqlitePool>,
+    /// Keeps the checkpointer thread running while the replica lives.
+    _alive: Arc<()>,
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
@@ -47,8 +49,11 @@ impl Replica {
         let readers = db::open_readers(&path).await?;
         metrics::gauge!("fabric_store_replica_lsn", "origin" => origin.to_string())
             .set(writer.lsn as f64);
+        let alive = Arc::new(());
+        db::spawn_checkpointer(path.clone(), Arc::downgrade(&alive));
         Ok(Replica {
             origin: origin.to_string(),
+            _alive: alive,
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: RwLock::new(readers),

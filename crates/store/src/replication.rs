@@ -9,7 +9,7 @@
 //! A mirror that missed batches is caught up from the in-memory ring of recent batches, else from the
 //! `replog` table, else (if the log no longer reaches back) with a full snapshot of this store.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use sqlx::SqlitePool;
 use store_client::{ClientError, StoreClient};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
@@ -27,6 +27,9 @@ use crate::ops::Shipment;
 
 /// Keep this many bytes of recent batches in memory for shippers.
 const RING_BYTES: usize = 64 * 1024 * 1024;
+/// How long a same-site mirror's shipper waits to gather batches while the other-site mirror is in
+/// sync (the same-site copy is then not on any write's path).
+const SAME_SITE_LINGER: Duration = Duration::from_millis(20);
 /// Most bytes one shipment carries.
 const SHIP_BYTES: usize = 8 * 1024 * 1024;
 
@@ -85,8 +88,9 @@ pub struct Replication {
     /// Index of the same-site mirror that takes it while the primary is not in sync.
     fallback: Option<usize>,
     local: watch::Sender<u64>,
-    /// Bumped on every acknowledgement or state change; durability waiters watch it.
-    changed: watch::Sender<u64>,
+    /// Writes waiting to be durable, by LSN; each is woken once, when a mirror that counts holds it
+    /// (rather than every waiter re-checking on every acknowledgement).
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     ring: Mutex<VecDeque<(u64, Bytes)>>,
     ring_bytes: Mutex<usize>,
     /// Readers of this store's own database, for the replication log and snapshots.
@@ -139,7 +143,7 @@ impl Replication {
             primary,
             fallback,
             local: watch::Sender::new(lsn),
-            changed: watch::Sender::new(0),
+            waiters: Mutex::new(BTreeMap::new()),
             ring: Mutex::new(VecDeque::new()),
             ring_bytes: Mutex::new(0),
             readers: RwLock::new(None),
@@ -196,7 +200,8 @@ impl Replication {
             }
         }
         self.local.send_replace(lsn);
-        self.changed.send_modify(|n| *n += 1);
+        // Waiters re-check and wait again (or time out): what they waited for may be gone.
+        lock(&self.waiters).clear();
     }
 
     /// The lowest LSN every mirror holds: the log before it can go.
@@ -220,16 +225,19 @@ impl Replication {
                 degraded: false,
             });
         }
-        let mut rx = self.changed.subscribe();
         let until = tokio::time::Instant::now() + deadline;
         loop {
-            rx.borrow_and_update();
             if let Some(d) = self.durable(lsn) {
                 return Ok(d);
             }
-            match tokio::time::timeout_at(until, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => {
+            let (tx, rx) = oneshot::channel();
+            lock(&self.waiters).entry(lsn).or_default().push(tx);
+            // An acknowledgement may have landed between the check and the registration.
+            self.wake_durable();
+            match tokio::time::timeout_at(until, rx).await {
+                // Woken, or dropped by a reset: check again.
+                Ok(_) => {}
+                Err(_) => {
                     return match self.durable(lsn) {
                         Some(d) => Ok(d),
                         None => {
@@ -241,6 +249,35 @@ impl Replication {
                     };
                 }
             }
+        }
+    }
+
+    /// The highest LSN that is durable now: held by the primary mirror, or by the fallback while the
+    /// primary is not in sync.
+    fn durable_frontier(&self) -> u64 {
+        let Some(primary) = self.links.get(self.primary) else {
+            return 0;
+        };
+        let (acked, status) = primary.snapshot();
+        let mut frontier = acked.unwrap_or(0);
+        if status != LinkStatus::InSync
+            && let Some(fb) = self.fallback.and_then(|i| self.links.get(i))
+        {
+            frontier = frontier.max(fb.snapshot().0.unwrap_or(0));
+        }
+        frontier
+    }
+
+    /// Wakes every waiter whose write is now durable.
+    fn wake_durable(&self) {
+        let frontier = self.durable_frontier();
+        let ready = {
+            let mut waiters = lock(&self.waiters);
+            let later = waiters.split_off(&(frontier + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for tx in ready.into_values().flatten() {
+            let _ = tx.send(());
         }
     }
 
@@ -302,7 +339,7 @@ impl Replication {
         metrics::gauge!("fabric_store_mirror_acked_lsn", "mirror" => label)
             .set(acked.unwrap_or(0) as f64);
         self.update_degraded();
-        self.changed.send_modify(|n| *n += 1);
+        self.wake_durable();
     }
 
     fn update_degraded(&self) {
@@ -420,6 +457,14 @@ impl Replication {
                 continue;
             }
             ahead_warned = false;
+            if self.lingers(&link) {
+                // Not needed for durability right now: gather more batches per shipment, so the
+                // same-site copy costs fewer transactions and fsyncs on its store.
+                tokio::select! {
+                    _ = tokio::time::sleep(SAME_SITE_LINGER) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
             let batches = match self.collect(acked + 1).await {
                 Ok(b) => b,
                 Err(e) => {
@@ -464,6 +509,16 @@ impl Replication {
                 }
             }
         }
+    }
+
+    /// Whether `link` is a same-site mirror while the other-site mirror is in sync, so no write
+    /// waits for it.
+    fn lingers(&self, link: &Link) -> bool {
+        link.kind == MirrorKind::SameSite
+            && self
+                .links
+                .iter()
+                .any(|l| l.kind == MirrorKind::OtherSite && l.snapshot().1 == LinkStatus::InSync)
     }
 
     async fn send(&self, link: &Link, batches: Vec<(u64, Bytes)>) -> Result<u64, ClientError> {

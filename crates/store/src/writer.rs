@@ -99,6 +99,8 @@ pub struct Writer {
     quota: Option<u64>,
     counters: Counters,
     repl: Arc<Replication>,
+    /// Keeps the checkpointer thread running while the writer lives.
+    alive: Arc<()>,
 }
 
 impl Writer {
@@ -116,6 +118,7 @@ impl Writer {
                 quota,
                 counters,
                 repl,
+                alive: Arc::new(()),
             })
         })
         .await
@@ -129,6 +132,7 @@ impl Writer {
     /// Runs on its own thread until every handle is dropped.
     pub fn spawn(self) -> WriterHandle {
         let (tx, rx) = mpsc::channel(4096);
+        db::spawn_checkpointer(self.path.clone(), Arc::downgrade(&self.alive));
         let spawned = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || self.run(rx));

@@ -37,9 +37,17 @@ pub async fn up(
             );
         }
     }
+    // Handlers first: a Ctrl-C during startup must stop the nodes already started, not orphan them.
+    let mut signals = Signals {
+        interrupt: on_signal(SignalKind::interrupt())?,
+        terminate: on_signal(SignalKind::terminate())?,
+    };
     let mut children = BTreeMap::new();
     let started = Instant::now();
-    let result = start_all(&launcher, &mut children, Duration::from_secs(ready_timeout)).await;
+    let result = tokio::select! {
+        r = start_all(&launcher, &mut children, Duration::from_secs(ready_timeout)) => r,
+        _ = signals.recv() => Err(anyhow::anyhow!("interrupted during startup")),
+    };
     if let Err(e) = result {
         eprintln!("fabric: startup failed, stopping the nodes already started");
         stop_all(&launcher, &mut children).await?;
@@ -55,7 +63,21 @@ pub async fn up(
     if detach {
         return Ok(());
     }
-    supervise(&launcher, children).await
+    supervise(&launcher, children, signals).await
+}
+
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
 }
 
 async fn start_all(
@@ -94,17 +116,15 @@ async fn start_all(
 async fn supervise(
     launcher: &Launcher,
     mut children: BTreeMap<String, Child>,
+    mut signals: Signals,
 ) -> anyhow::Result<()> {
     let me = std::process::id();
     FabricState::update(&launcher.data_dir, |s| s.supervisor = Some(me))?;
     eprintln!("fabric: supervising; Ctrl-C stops every node (or run `fabric down`)");
-    let mut interrupt = on_signal(SignalKind::interrupt())?;
-    let mut terminate = on_signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
+            _ = signals.recv() => break,
             _ = tick.tick() => reap(&mut children),
         }
     }
