@@ -16,7 +16,7 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> f64 {
             }
             value.parse::<f64>().ok()
         })
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// One line per store: batches committed, mean requests per batch, mean commit time, shipments.
@@ -36,14 +36,17 @@ pub async fn report(launcher: &Launcher) -> Vec<String> {
         let commit = sum(&m, "fabric_store_commit_seconds_sum", None);
         let shipments = sum(&m, "fabric_store_shipments_total", None);
         let shipped = sum(&m, "fabric_store_shipped_batches_total", None);
+        let replica_ops = sum(&m, "fabric_store_replica_ops_total", None);
+        let per = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         lines.push(format!(
-            "{:<10} local batches {:>7.0}, {:>6.1} requests/batch, commit {:>6.3} ms; shipments {:>7.0}, {:>5.1} batches/shipment",
+            "{:<10} commits {:>7.0} ({:>5.1} requests each, {:>6.3} ms); shipments {:>7.0} ({:>4.1} batches each); mirror copies applied {:>7.0} ops",
             node.name,
             batches,
-            if batches > 0.0 { requests / batches } else { 0.0 },
-            if batches > 0.0 { commit * 1000.0 / batches } else { 0.0 },
+            per(requests, batches),
+            per(commit * 1000.0, batches),
             shipments,
-            if shipments > 0.0 { shipped / shipments } else { 0.0 },
+            per(shipped, shipments),
+            replica_ops,
         ));
     }
     lines
