@@ -229,6 +229,24 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
             && l["location"] == format!("mailbox/ann@acme.example/INBOX/{}", m2.value.uid)),
         "{catalog}"
     );
+    // A queue item is found by its message id too, in the store's data and in the mirror's copy.
+    let queued = b.catalog("msg-2").await?;
+    let queued_at: Vec<(String, String)> = queued["locations"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|x| {
+                    (
+                        x["held_by"].as_str().unwrap_or("").to_string(),
+                        x["location"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(queued_at.len(), 1, "{queued}");
+    assert_eq!(queued_at[0].0, "store-b");
+    assert!(queued_at[0].1.starts_with("queue/outbound/"), "{queued}");
     let catalog_a = a.catalog("mail-2").await?;
     assert!(catalog_a["locations"].as_array().is_some_and(|l| {
         l.iter()

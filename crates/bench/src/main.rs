@@ -47,6 +47,9 @@ struct Args {
     /// Where node data and the raw files go (default: a temporary directory under ./var).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Size of each store write's body (the raw rows always write 4 KiB).
+    #[arg(long, default_value_t = 4096)]
+    body_bytes: usize,
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -143,7 +146,7 @@ async fn run(
     );
     let client = StoreClient::new(url).with_timeout(Duration::from_secs(30));
     // Warm up: connections, SQLite caches, the mirror link in sync.
-    store_load::enqueue(&client, 16, Duration::from_secs(1), 0).await?;
+    store_load::enqueue(&client, 16, Duration::from_secs(1), 0, args.body_bytes).await?;
 
     let raw_dir = dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
@@ -178,7 +181,7 @@ async fn run(
             i += 1;
         }
         for &c in &args.concurrency {
-            let s = store_load::enqueue(&client, c, duration, round).await?;
+            let s = store_load::enqueue(&client, c, duration, round, args.body_bytes).await?;
             rows[i].rounds.push(s);
             i += 1;
         }

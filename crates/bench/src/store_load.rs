@@ -1,4 +1,4 @@
-//! Mirrored store writes: `concurrency` clients each enqueueing 4 KiB bodies back to back.
+//! Mirrored store writes: `concurrency` clients each enqueueing bodies (4 KiB by default) back to back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,10 +16,11 @@ pub async fn enqueue(
     concurrency: usize,
     duration: Duration,
     round: usize,
+    body_bytes: usize,
 ) -> anyhow::Result<Sample> {
     let stop = Arc::new(AtomicBool::new(false));
     let single_copy = Arc::new(AtomicU64::new(0));
-    let body = bytes_4k();
+    let body = body(body_bytes);
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..concurrency {
         let client = client.clone();
@@ -61,8 +62,8 @@ pub async fn enqueue(
     Ok(Sample::from_histogram(&total, elapsed))
 }
 
-fn bytes_4k() -> Vec<u8> {
+fn body(len: usize) -> Vec<u8> {
     let mut body = b"Subject: bench\r\n\r\n".to_vec();
-    body.resize(4096, b'b');
+    body.resize(len.max(body.len()), b'b');
     body
 }

@@ -19,9 +19,11 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- Queue ids are unique across queues (one counter per store), so the id is the rowid: one b-tree for
+-- the rows, one for de-duplication and lookup by message id, one for leasing.
 CREATE TABLE IF NOT EXISTS queue_items (
+    id             INTEGER PRIMARY KEY,
     queue          TEXT NOT NULL,
-    id             INTEGER NOT NULL,
     message_id     TEXT NOT NULL,
     meta           TEXT,
     body           BLOB NOT NULL,
@@ -29,11 +31,10 @@ CREATE TABLE IF NOT EXISTS queue_items (
     visible_at_ms  INTEGER NOT NULL,
     lease          TEXT,
     attempts       INTEGER NOT NULL DEFAULT 0,
-    last_error     TEXT,
-    PRIMARY KEY (queue, id)
+    last_error     TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS queue_items_message ON queue_items (queue, message_id);
-CREATE INDEX IF NOT EXISTS queue_items_visible ON queue_items (queue, visible_at_ms, id);
+CREATE UNIQUE INDEX IF NOT EXISTS queue_items_message ON queue_items (message_id, queue);
+CREATE INDEX IF NOT EXISTS queue_items_visible ON queue_items (queue, visible_at_ms);
 CREATE TABLE IF NOT EXISTS mailboxes (
     user        TEXT NOT NULL,
     folder      TEXT NOT NULL,
@@ -89,12 +90,13 @@ CREATE TABLE IF NOT EXISTS blocklist (
     entry       TEXT PRIMARY KEY,
     added_at_ms INTEGER NOT NULL
 );
--- The tracking catalog: where each message lives in this store's data.
+-- The tracking catalog: where each mailbox message lives in this store's data. Queue items need no
+-- entry: `queue_items_message` finds them by message id.
 CREATE TABLE IF NOT EXISTS catalog (
     location   TEXT PRIMARY KEY,
     message_id TEXT NOT NULL,
     at_ms      INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS catalog_message ON catalog (message_id);
 -- Batches not yet held by every mirror (only a store's own database uses it).
 CREATE TABLE IF NOT EXISTS replog (

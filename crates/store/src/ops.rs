@@ -101,11 +101,7 @@ pub enum PhysOp {
     },
 }
 
-/// Where a message lives, as the catalog records it.
-pub fn queue_location(queue: &str, id: i64) -> String {
-    format!("queue/{queue}/{id}")
-}
-
+/// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
 pub fn mailbox_location(user: &str, folder: &str, uid: i64) -> String {
     format!("mailbox/{user}/{folder}/{uid}")
 }
@@ -124,9 +120,6 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
         } => {
             let r = db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
                  VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms])?;
-            if r > 0 {
-                catalog_add(conn, &queue_location(queue, *id), message_id, *enqueued_at_ms)?;
-            }
             r
         }
         PhysOp::QueueLease {
@@ -144,7 +137,6 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
         } => db::exec(conn, "UPDATE queue_items SET lease = NULL, visible_at_ms = ?, attempts = ?, last_error = ?
              WHERE queue = ? AND id = ?", params![visible_at_ms, attempts, last_error, queue, id])?,
         PhysOp::QueueDelete { queue, id } => {
-            catalog_remove(conn, &queue_location(queue, *id))?;
             db::exec(conn, "DELETE FROM queue_items WHERE queue = ? AND id = ?", params![queue, id])?
         }
         PhysOp::MailboxCreate {

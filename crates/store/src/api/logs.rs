@@ -159,8 +159,14 @@ async fn locations(
     held_by: &str,
 ) -> Result<Vec<Value>, StoreError> {
     let rows =
-        sqlx::query("SELECT location, at_ms FROM catalog WHERE message_id = ? ORDER BY location")
-            .bind(message_id)
+        sqlx::query(
+            "SELECT location, at_ms FROM catalog WHERE message_id = ?
+             UNION ALL
+             SELECT 'queue/' || queue || '/' || id, enqueued_at_ms FROM queue_items WHERE message_id = ?
+             ORDER BY location",
+        )
+        .bind(message_id)
+        .bind(message_id)
             .fetch_all(db)
             .await?;
     let mut out = Vec::with_capacity(rows.len());
