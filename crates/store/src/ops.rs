@@ -118,9 +118,8 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
             enqueued_at_ms,
             visible_at_ms,
         } => {
-            let r = db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms])?;
-            r
+            db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms])?
         }
         PhysOp::QueueLease {
             queue,
