@@ -1,0 +1,20 @@
+//! SMTP for the fabric's mail servers: a server session (RFC 5321 with PIPELINING, SIZE, 8BITMIME and
+//! ENHANCEDSTATUSCODES) that enforces the limits of RFC 5321 4.5.3 and frames DATA so that no
+//! smuggling form can end it early.
+//!
+//! - `reader`: CRLF-only lines with hard limits and no unbounded buffering.
+//! - `address`: paths, their limits, and the relay forms refused.
+//! - `reply`: replies with enhanced status codes.
+//! - `session`: the state machine; roles implement [`Handler`].
+//!
+//! Metrics: `fabric_smtp_sessions_total`, `fabric_smtp_replies_total{code}`,
+//! `fabric_smtp_refusals_total{kind}`.
+
+pub mod address;
+pub mod reader;
+pub mod reply;
+pub mod session;
+
+pub use address::{Address, PathError, parse_path};
+pub use reply::Reply;
+pub use session::{Config, Envelope, Handler, serve};

@@ -1,0 +1,514 @@
+//! One SMTP server session (RFC 5321), from the greeting to QUIT, over any byte stream.
+//!
+//! The session owns the protocol: command syntax, order, limits, DATA framing. What a role does with
+//! the mail (is this recipient ours? is the sender blocked? store the message) is behind [`Handler`];
+//! DATA is answered with whatever [`Handler::deliver`] answers, so a role answers 250 only once the
+//! message is durable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::address::{Address, PathError, parse_path};
+use crate::reader::{Line, LineReader};
+use crate::reply::Reply;
+
+/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
+pub const MAX_COMMAND_LINE: usize = 512;
+/// RFC 5321 4.5.3.1.6: a text line is at most 1000 octets with its CRLF.
+pub const MAX_TEXT_LINE: usize = 1000;
+
+/// Limits and names of a session.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name in the greeting and in EHLO.
+    pub hostname: String,
+    /// Largest message accepted (announced as SIZE).
+    pub max_message_bytes: usize,
+    /// RFC 5321 4.5.3.1.8 requires accepting at least 100.
+    pub max_recipients: usize,
+    /// Time allowed for each command (RFC 5321 4.5.3.2.7: at least 5 minutes).
+    pub command_timeout: Duration,
+    /// Time allowed for each line of DATA (4.5.3.2.5: at least 3 minutes per block).
+    pub data_timeout: Duration,
+    /// After this many refused commands the session is closed.
+    pub max_errors: usize,
+}
+
+impl Config {
+    pub fn new(hostname: impl Into<String>) -> Config {
+        Config {
+            hostname: hostname.into(),
+            max_message_bytes: 25 * 1024 * 1024,
+            max_recipients: 100,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 20,
+        }
+    }
+}
+
+/// What the client has said so far in this transaction.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub peer: SocketAddr,
+    pub helo: String,
+    /// `None` for the null reverse path `<>` (bounces).
+    pub from: Option<Address>,
+    pub rcpts: Vec<Address>,
+}
+
+/// The role's part of a session.
+pub trait Handler: Send + Sync {
+    /// MAIL FROM: accept (Ok) or refuse with a reply.
+    fn check_sender(
+        &self,
+        env: &Envelope,
+        from: Option<&Address>,
+    ) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// RCPT TO: accept or refuse.
+    fn check_recipient(
+        &self,
+        env: &Envelope,
+        rcpt: &Address,
+    ) -> impl Future<Output = Result<(), Reply>> + Send;
+    /// The end of DATA: the message (dot-unstuffed, CRLF line ends) for the envelope. The reply is
+    /// sent as is: 250 only once the message is safe.
+    fn deliver(&self, env: &Envelope, message: Vec<u8>) -> impl Future<Output = Reply> + Send;
+}
+
+fn count(kind: &'static str) {
+    metrics::counter!("fabric_smtp_refusals_total", "kind" => kind).increment(1);
+}
+
+enum Step {
+    Continue,
+    Close,
+}
+
+struct Session<'a, R, W, H> {
+    reader: LineReader<R>,
+    writer: W,
+    config: &'a Config,
+    handler: &'a H,
+    env: Envelope,
+    greeted: bool,
+    in_transaction: bool,
+    errors: usize,
+}
+
+/// Runs a session on `reader`/`writer` until QUIT, the client leaves, a timeout, or too many errors.
+pub async fn serve<R, W, H>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    config: &Config,
+    handler: &H,
+) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    metrics::counter!("fabric_smtp_sessions_total").increment(1);
+    let mut s = Session {
+        reader: LineReader::new(reader),
+        writer,
+        config,
+        handler,
+        env: Envelope {
+            peer,
+            helo: String::new(),
+            from: None,
+            rcpts: Vec::new(),
+        },
+        greeted: false,
+        in_transaction: false,
+        errors: 0,
+    };
+    s.send(&Reply::plain(
+        220,
+        format!("{} ESMTP Mail Fabric ready", config.hostname),
+    ))
+    .await?;
+    loop {
+        let line = match tokio::time::timeout(
+            config.command_timeout,
+            s.reader.read_line(MAX_COMMAND_LINE),
+        )
+        .await
+        {
+            Err(_) => {
+                count("timeout");
+                s.send(&Reply::new(421, "4.4.2", "timeout waiting for a command; closing"))
+                    .await?;
+                return Ok(());
+            }
+            Ok(r) => r?,
+        };
+        let step = match line {
+            None => return Ok(()),
+            Some(Line::TooLong) => {
+                count("line_too_long");
+                s.refuse(Reply::new(500, "5.5.2", "line too long (512 octets at most)"))
+                    .await?
+            }
+            Some(Line::Complete { bare: true, .. }) => {
+                count("bare_cr_lf");
+                s.refuse(Reply::new(500, "5.5.2", "bare CR or LF in a command"))
+                    .await?
+            }
+            Some(Line::Complete { bytes, .. }) => s.command(&bytes).await?,
+        };
+        if let Step::Close = step {
+            let _ = s.writer.shutdown().await;
+            return Ok(());
+        }
+    }
+}
+
+impl<R, W, H> Session<'_, R, W, H>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
+        metrics::counter!("fabric_smtp_replies_total", "code" => reply.code.to_string())
+            .increment(1);
+        self.writer.write_all(reply.encode().as_bytes()).await?;
+        self.writer.flush().await
+    }
+
+    /// Sends a refusal; closes the session after too many.
+    async fn refuse(&mut self, reply: Reply) -> std::io::Result<Step> {
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            self.send(&reply).await?;
+            self.send(&Reply::new(421, "4.7.0", "too many errors; closing"))
+                .await?;
+            return Ok(Step::Close);
+        }
+        self.send(&reply).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn reply(&mut self, reply: Reply) -> std::io::Result<Step> {
+        if reply.is_positive() {
+            self.send(&reply).await?;
+            Ok(Step::Continue)
+        } else {
+            self.refuse(reply).await
+        }
+    }
+
+    fn reset(&mut self) {
+        self.env.from = None;
+        self.env.rcpts.clear();
+        self.in_transaction = false;
+    }
+
+    async fn command(&mut self, line: &[u8]) -> std::io::Result<Step> {
+        let Ok(text) = std::str::from_utf8(line) else {
+            count("syntax");
+            return self
+                .refuse(Reply::new(500, "5.5.2", "command is not valid UTF-8"))
+                .await;
+        };
+        let (verb, arg) = match text.split_once(' ') {
+            Some((v, a)) => (v, a),
+            None => (text, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" => self.hello(verb, arg).await,
+            "MAIL" => self.mail(arg).await,
+            "RCPT" => self.rcpt(arg).await,
+            "DATA" => self.data(arg).await,
+            "RSET" => {
+                self.reset();
+                self.reply(Reply::new(250, "2.0.0", "OK")).await
+            }
+            "NOOP" => self.reply(Reply::new(250, "2.0.0", "OK")).await,
+            "QUIT" => {
+                self.send(&Reply::new(221, "2.0.0", "bye")).await?;
+                Ok(Step::Close)
+            }
+            "VRFY" => {
+                self.reply(Reply::new(252, "2.5.2", "cannot verify; send mail and we will try"))
+                    .await
+            }
+            "HELP" => {
+                self.reply(Reply::new(214, "2.0.0", "see RFC 5321")).await
+            }
+            "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
+                count("not_offered");
+                self.refuse(Reply::new(502, "5.5.1", format!("{verb} is not offered here")))
+                    .await
+            }
+            _ => {
+                count("unknown_command");
+                self.refuse(Reply::new(500, "5.5.1", "unknown command")).await
+            }
+        }
+    }
+
+    async fn hello(&mut self, verb: &str, arg: &str) -> std::io::Result<Step> {
+        let name = arg.trim();
+        if name.is_empty() || name.contains(' ') {
+            count("syntax");
+            return self
+                .refuse(Reply::new(501, "5.5.4", format!("syntax: {verb} hostname")))
+                .await;
+        }
+        self.reset();
+        self.env.helo = name.to_string();
+        self.greeted = true;
+        if verb.eq_ignore_ascii_case("HELO") {
+            return self
+                .reply(Reply::plain(250, self.config.hostname.clone()))
+                .await;
+        }
+        let reply = Reply {
+            code: 250,
+            enhanced: None,
+            lines: vec![
+                format!("{} greets {name}", self.config.hostname),
+                "PIPELINING".into(),
+                format!("SIZE {}", self.config.max_message_bytes),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+            ],
+        };
+        self.reply(reply).await
+    }
+
+    fn path_refusal(e: &PathError) -> Reply {
+        match e {
+            PathError::RelayForm => {
+                count("relay_form");
+                Reply::new(550, "5.7.1", "relaying denied: this address form is not accepted")
+            }
+            PathError::LocalTooLong => {
+                count("path_too_long");
+                Reply::new(501, "5.1.3", "local part longer than 64 octets")
+            }
+            PathError::DomainTooLong => {
+                count("path_too_long");
+                Reply::new(501, "5.1.3", "domain longer than 255 octets")
+            }
+            PathError::PathTooLong => {
+                count("path_too_long");
+                Reply::new(501, "5.1.3", "path longer than 256 octets")
+            }
+            PathError::Syntax => {
+                count("syntax");
+                Reply::new(501, "5.1.3", "syntax error in the address")
+            }
+        }
+    }
+
+    async fn mail(&mut self, arg: &str) -> std::io::Result<Step> {
+        if !self.greeted {
+            count("bad_sequence");
+            return self.refuse(Reply::new(503, "5.5.1", "EHLO first")).await;
+        }
+        if self.in_transaction {
+            count("bad_sequence");
+            return self
+                .refuse(Reply::new(503, "5.5.1", "MAIL already given; RSET first"))
+                .await;
+        }
+        let Some(path) = strip_prefix_ci(arg, "FROM:") else {
+            count("syntax");
+            return self
+                .refuse(Reply::new(501, "5.5.4", "syntax: MAIL FROM:<address>"))
+                .await;
+        };
+        let (from, params) = match parse_path(path, true) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(Self::path_refusal(&e)).await,
+        };
+        for param in params.split_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                "SIZE" => match value.parse::<u64>() {
+                    Ok(n) if n > self.config.max_message_bytes as u64 => {
+                        count("too_large");
+                        return self
+                            .refuse(Reply::new(552, "5.3.4", "message size exceeds the limit"))
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        count("syntax");
+                        return self
+                            .refuse(Reply::new(501, "5.5.4", "SIZE needs a number"))
+                            .await;
+                    }
+                },
+                "BODY" if value.eq_ignore_ascii_case("7BIT")
+                    || value.eq_ignore_ascii_case("8BITMIME") => {}
+                _ => {
+                    count("syntax");
+                    return self
+                        .refuse(Reply::new(555, "5.5.4", format!("unsupported parameter {key}")))
+                        .await;
+                }
+            }
+        }
+        if let Err(reply) = self.handler.check_sender(&self.env, from.as_ref()).await {
+            return self.refuse(reply).await;
+        }
+        self.env.from = from;
+        self.in_transaction = true;
+        self.reply(Reply::new(250, "2.1.0", "sender OK")).await
+    }
+
+    async fn rcpt(&mut self, arg: &str) -> std::io::Result<Step> {
+        if !self.in_transaction {
+            count("bad_sequence");
+            return self.refuse(Reply::new(503, "5.5.1", "MAIL first")).await;
+        }
+        let Some(path) = strip_prefix_ci(arg, "TO:") else {
+            count("syntax");
+            return self
+                .refuse(Reply::new(501, "5.5.4", "syntax: RCPT TO:<address>"))
+                .await;
+        };
+        let rcpt = match parse_path(path, false) {
+            Ok((Some(a), params)) if params.trim().is_empty() => a,
+            Ok(_) => {
+                count("syntax");
+                return self
+                    .refuse(Reply::new(555, "5.5.4", "RCPT takes no parameters here"))
+                    .await;
+            }
+            Err(e) => return self.refuse(Self::path_refusal(&e)).await,
+        };
+        if self.env.rcpts.len() >= self.config.max_recipients {
+            count("too_many_recipients");
+            return self
+                .refuse(Reply::new(452, "4.5.3", "too many recipients"))
+                .await;
+        }
+        if let Err(reply) = self.handler.check_recipient(&self.env, &rcpt).await {
+            return self.refuse(reply).await;
+        }
+        self.env.rcpts.push(rcpt);
+        self.reply(Reply::new(250, "2.1.5", "recipient OK")).await
+    }
+
+    async fn data(&mut self, arg: &str) -> std::io::Result<Step> {
+        if !arg.trim().is_empty() {
+            count("syntax");
+            return self
+                .refuse(Reply::new(501, "5.5.4", "DATA takes no argument"))
+                .await;
+        }
+        if !self.in_transaction {
+            count("bad_sequence");
+            return self.refuse(Reply::new(503, "5.5.1", "MAIL first")).await;
+        }
+        if self.env.rcpts.is_empty() {
+            count("bad_sequence");
+            return self
+                .refuse(Reply::new(554, "5.5.1", "no valid recipients"))
+                .await;
+        }
+        if self.reader.buffered() > 0 {
+            // The client sent its message before our 354 (RFC 2920 forbids it): what follows cannot
+            // be trusted as either data or commands.
+            count("pipelining");
+            self.send(&Reply::new(
+                554,
+                "5.5.0",
+                "improper pipelining: data sent before the 354 reply; closing",
+            ))
+            .await?;
+            return Ok(Step::Close);
+        }
+        self.send(&Reply::plain(354, "end data with <CR><LF>.<CR><LF>"))
+            .await?;
+        let mut message = Vec::with_capacity(8192);
+        let mut too_long = false;
+        let mut bare = false;
+        let mut nul = false;
+        let mut too_big = false;
+        loop {
+            let line = match tokio::time::timeout(
+                self.config.data_timeout,
+                self.reader.read_line(MAX_TEXT_LINE),
+            )
+            .await
+            {
+                Err(_) => {
+                    count("timeout");
+                    self.send(&Reply::new(421, "4.4.2", "timeout in DATA; closing"))
+                        .await?;
+                    return Ok(Step::Close);
+                }
+                // The client left in the middle: nothing is stored, nothing acknowledged.
+                Ok(r) => match r? {
+                    None => {
+                        count("disconnect_in_data");
+                        return Ok(Step::Close);
+                    }
+                    Some(l) => l,
+                },
+            };
+            let bytes = match line {
+                Line::TooLong => {
+                    too_long = true;
+                    continue;
+                }
+                Line::Complete { bytes, bare: b } => {
+                    bare |= b;
+                    bytes
+                }
+            };
+            if bytes == b"." {
+                break;
+            }
+            let unstuffed = bytes.strip_prefix(b".").unwrap_or(&bytes);
+            nul |= unstuffed.contains(&0);
+            if message.len() + unstuffed.len() + 2 > self.config.max_message_bytes {
+                too_big = true;
+                continue;
+            }
+            message.extend_from_slice(unstuffed);
+            message.extend_from_slice(b"\r\n");
+        }
+        let refusal = if too_big {
+            count("too_large");
+            Some(Reply::new(552, "5.3.4", "message size exceeds the limit"))
+        } else if bare {
+            count("bare_cr_lf");
+            Some(Reply::new(
+                550,
+                "5.6.0",
+                "bare CR or LF in the message: refused (lines must end with CRLF)",
+            ))
+        } else if too_long {
+            count("line_too_long");
+            Some(Reply::new(500, "5.5.2", "a line of the message exceeds 1000 octets"))
+        } else if nul {
+            count("nul_in_data");
+            Some(Reply::new(550, "5.6.0", "NUL octet in the message"))
+        } else {
+            None
+        };
+        let reply = match refusal {
+            Some(r) => r,
+            None => self.handler.deliver(&self.env, message).await,
+        };
+        self.reset();
+        self.reply(reply).await
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+}
