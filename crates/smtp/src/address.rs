@@ -52,7 +52,9 @@ fn valid_domain(d: &str) -> bool {
         && d.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+                && label
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -119,7 +121,10 @@ pub fn parse_path(arg: &str, allow_null: bool) -> Result<(Option<Address>, &str)
         if local.contains('%') || local.contains('!') {
             return Err(PathError::RelayForm);
         }
-        if !local.bytes().all(atext) || local.starts_with('.') || local.ends_with('.') || local.contains("..")
+        if !local.bytes().all(atext)
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains("..")
         {
             return Err(PathError::Syntax);
         }

@@ -152,7 +152,11 @@ mod tests {
         let got = lines(input.as_bytes(), 512).await;
         assert_eq!(got[0], ok(&"x".repeat(510)));
         assert_eq!(got[1], Some(Line::TooLong));
-        assert_eq!(got[2], ok("next"), "the reader stays in step after a long line");
+        assert_eq!(
+            got[2],
+            ok("next"),
+            "the reader stays in step after a long line"
+        );
     }
 
     #[tokio::test]
@@ -161,7 +165,11 @@ mod tests {
         input.extend_from_slice(b"\r\nafter\r\n");
         let mut r = LineReader::new(&input[..]);
         assert_eq!(r.read_line(1000).await.ok().flatten(), Some(Line::TooLong));
-        assert!(r.buf.capacity() < 64 * 1024, "buffer grew to {}", r.buf.capacity());
+        assert!(
+            r.buf.capacity() < 64 * 1024,
+            "buffer grew to {}",
+            r.buf.capacity()
+        );
         assert_eq!(r.read_line(1000).await.ok().flatten(), ok("after"));
     }
 

@@ -60,7 +60,10 @@ mod tests {
             enhanced: None,
             lines: vec!["mx.example".into(), "PIPELINING".into(), "SIZE 100".into()],
         };
-        assert_eq!(r.encode(), "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n");
+        assert_eq!(
+            r.encode(),
+            "250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        );
         assert_eq!(
             Reply::new(550, "5.1.1", "no such user\r\ninjected").encode(),
             "550 5.1.1 no such userinjected\r\n"

@@ -142,8 +142,12 @@ where
         {
             Err(_) => {
                 count("timeout");
-                s.send(&Reply::new(421, "4.4.2", "timeout waiting for a command; closing"))
-                    .await?;
+                s.send(&Reply::new(
+                    421,
+                    "4.4.2",
+                    "timeout waiting for a command; closing",
+                ))
+                .await?;
                 return Ok(());
             }
             Ok(r) => r?,
@@ -152,8 +156,12 @@ where
             None => return Ok(()),
             Some(Line::TooLong) => {
                 count("line_too_long");
-                s.refuse(Reply::new(500, "5.5.2", "line too long (512 octets at most)"))
-                    .await?
+                s.refuse(Reply::new(
+                    500,
+                    "5.5.2",
+                    "line too long (512 octets at most)",
+                ))
+                .await?
             }
             Some(Line::Complete { bare: true, .. }) => {
                 count("bare_cr_lf");
@@ -236,20 +244,27 @@ where
                 Ok(Step::Close)
             }
             "VRFY" => {
-                self.reply(Reply::new(252, "2.5.2", "cannot verify; send mail and we will try"))
-                    .await
+                self.reply(Reply::new(
+                    252,
+                    "2.5.2",
+                    "cannot verify; send mail and we will try",
+                ))
+                .await
             }
-            "HELP" => {
-                self.reply(Reply::new(214, "2.0.0", "see RFC 5321")).await
-            }
+            "HELP" => self.reply(Reply::new(214, "2.0.0", "see RFC 5321")).await,
             "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
                 count("not_offered");
-                self.refuse(Reply::new(502, "5.5.1", format!("{verb} is not offered here")))
-                    .await
+                self.refuse(Reply::new(
+                    502,
+                    "5.5.1",
+                    format!("{verb} is not offered here"),
+                ))
+                .await
             }
             _ => {
                 count("unknown_command");
-                self.refuse(Reply::new(500, "5.5.1", "unknown command")).await
+                self.refuse(Reply::new(500, "5.5.1", "unknown command"))
+                    .await
             }
         }
     }
@@ -288,7 +303,11 @@ where
         match e {
             PathError::RelayForm => {
                 count("relay_form");
-                Reply::new(550, "5.7.1", "relaying denied: this address form is not accepted")
+                Reply::new(
+                    550,
+                    "5.7.1",
+                    "relaying denied: this address form is not accepted",
+                )
             }
             PathError::LocalTooLong => {
                 count("path_too_long");
@@ -348,12 +367,17 @@ where
                             .await;
                     }
                 },
-                "BODY" if value.eq_ignore_ascii_case("7BIT")
-                    || value.eq_ignore_ascii_case("8BITMIME") => {}
+                "BODY"
+                    if value.eq_ignore_ascii_case("7BIT")
+                        || value.eq_ignore_ascii_case("8BITMIME") => {}
                 _ => {
                     count("syntax");
                     return self
-                        .refuse(Reply::new(555, "5.5.4", format!("unsupported parameter {key}")))
+                        .refuse(Reply::new(
+                            555,
+                            "5.5.4",
+                            format!("unsupported parameter {key}"),
+                        ))
                         .await;
                 }
             }
@@ -492,7 +516,11 @@ where
             ))
         } else if too_long {
             count("line_too_long");
-            Some(Reply::new(500, "5.5.2", "a line of the message exceeds 1000 octets"))
+            Some(Reply::new(
+                500,
+                "5.5.2",
+                "a line of the message exceeds 1000 octets",
+            ))
         } else if nul {
             count("nul_in_data");
             Some(Reply::new(550, "5.6.0", "NUL octet in the message"))
@@ -510,5 +538,6 @@ where
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }

@@ -308,6 +308,40 @@ impl StoreClient {
         .await
     }
 
+    /// One user of the directory; `None` when there is no such user.
+    pub async fn get_user(
+        &self,
+        address: &str,
+        origin: Option<&str>,
+    ) -> Result<Option<Value>, ClientError> {
+        let path = format!(
+            "/v1/users/{}{}",
+            segment(address),
+            origin_param(origin, '?')
+        );
+        match self.json(Method::GET, &path, &[], Bytes::new()).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if e.status() == Some(hyper::StatusCode::NOT_FOUND)
+                    && e.code() == Some("not_found") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The sender blocklist: `{"entries": [{"entry", "added_at_ms"}]}`.
+    pub async fn blocklist(&self, origin: Option<&str>) -> Result<Value, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/blocklist{}", origin_param(origin, '?')),
+            &[],
+            Bytes::new(),
+        )
+        .await
+    }
+
     pub async fn users(&self, origin: Option<&str>) -> Result<Value, ClientError> {
         self.json(
             Method::GET,

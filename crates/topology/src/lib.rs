@@ -120,6 +120,26 @@ impl Topology {
         Ok(())
     }
 
+    /// The stores of a site, in the order the topology lists them: the first is where the site's
+    /// servers write, the next ones take over when it does not answer.
+    pub fn site_stores(&self, site: &str) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| n.role() == Role::Store && n.site == site)
+            .collect()
+    }
+
+    /// The store that holds the fabric's configuration (the directory of users and the sender
+    /// blocklist): the first store of the topology. Its mirrors hold copies readers can fall back to.
+    pub fn directory_store(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.role() == Role::Store)
+    }
+
+    /// Whether `domain` is one of the fabric's customer domains.
+    pub fn is_customer_domain(&self, domain: &str) -> bool {
+        self.home_of_domain(domain).is_some()
+    }
+
     /// The site a customer domain lives in.
     pub fn home_of_domain(&self, domain: &str) -> Option<&str> {
         self.domains

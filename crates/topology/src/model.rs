@@ -179,6 +179,7 @@ impl Role {
     pub fn required_ports(self) -> &'static [&'static str] {
         match self {
             Role::Store => &["store"],
+            Role::InetMx => &["smtp"],
             _ => &[],
         }
     }

@@ -1,0 +1,386 @@
+//! The Internet mail server against real clients: Python's smtplib (written by nobody here) for the
+//! ordinary conversation, and a raw TCP client for the limits and the smuggling forms of RFC 5321
+//! that no polite client sends.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use testkit::Sandbox;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
+
+async fn fabric_with_ann() -> anyhow::Result<Sandbox> {
+    let sandbox = Sandbox::start("topology/mini.toml").await?;
+    let a = common::store(&sandbox, "store-a");
+    a.put_user(
+        "ann@acme.example",
+        &json!({"password_hash": HASH, "notify": "none"}),
+    )
+    .await?;
+    a.call(
+        store_client::Method::PUT,
+        "/v1/blocklist/spammer.example",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await?;
+    Ok(sandbox)
+}
+
+fn smtp_addr(sandbox: &Sandbox) -> String {
+    sandbox
+        .url("mx-a", "smtp")
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+/// Runs a Python script with `HOST` and `PORT` set; returns what it printed as JSON.
+async fn python(sandbox: &Sandbox, script: &str) -> anyhow::Result<Value> {
+    let addr = smtp_addr(sandbox);
+    let (host, port) = addr.rsplit_once(':').context("address")?;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .env("HOST", host)
+        .env("PORT", port)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("python3 must be installed")?;
+    if !out.status.success() {
+        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[tokio::test]
+async fn smtplib_delivers_to_a_customer_and_is_refused_everything_else() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let r = python(
+        &sandbox,
+        r#"
+import json, os, smtplib
+out = {}
+s = smtplib.SMTP(os.environ["HOST"], int(os.environ["PORT"]), timeout=30)
+code, ehlo = s.ehlo("client.example")
+out["ehlo"] = [code, ehlo.decode()]
+body = "From: bob@remote.example\r\nTo: ann@acme.example\r\nSubject: hello\r\n\r\nline one\r\n.leading dot\r\nsmörgåsbord\r\n"
+out["mail"] = list(s.mail("bob@remote.example", ["BODY=8BITMIME"]))
+out["rcpt"] = list(s.rcpt("ann@acme.example"))
+out["unknown"] = list(s.rcpt("nobody@acme.example"))
+out["relay"] = list(s.rcpt("someone@elsewhere.example"))
+out["percent"] = list(s.rcpt("a%b@acme.example"))
+out["bang"] = list(s.rcpt("a!b@acme.example"))
+out["route"] = list(s.docmd("RCPT", "TO:<@hop1,@hop2:ann@acme.example>"))
+out["quoted"] = list(s.docmd("RCPT", 'TO:<"ann@elsewhere.example"@acme.example>'))
+out["data"] = list(s.data(body.encode("utf-8")))
+s.rset()
+out["blocked"] = list(s.mail("x@spammer.example"))
+out["quit"] = list(s.quit())
+print(json.dumps({k: [v[0], v[1].decode() if isinstance(v[1], bytes) else v[1]] for k, v in out.items()}))
+"#,
+    )
+    .await?;
+    let code = |k: &str| r[k][0].as_u64().unwrap_or(0);
+    let text = |k: &str| r[k][1].as_str().unwrap_or("").to_string();
+    assert_eq!(code("ehlo"), 250);
+    for ext in ["PIPELINING", "SIZE", "8BITMIME", "ENHANCEDSTATUSCODES"] {
+        assert!(
+            text("ehlo").contains(ext),
+            "EHLO lacks {ext}: {}",
+            text("ehlo")
+        );
+    }
+    assert_eq!(code("mail"), 250);
+    assert_eq!(code("rcpt"), 250);
+    assert_eq!((code("unknown"), &text("unknown")[..5]), (550, "5.1.1"));
+    assert_eq!((code("relay"), &text("relay")[..5]), (550, "5.7.1"));
+    for form in ["percent", "bang", "route", "quoted"] {
+        assert_eq!(
+            (code(form), &text(form)[..5]),
+            (550, "5.7.1"),
+            "{form}: {}",
+            text(form)
+        );
+    }
+    assert_eq!(code("data"), 250, "{}", text("data"));
+    assert_eq!((code("blocked"), &text("blocked")[..5]), (550, "5.7.1"));
+    assert_eq!(code("quit"), 221);
+
+    // The 250 names the fabric message id; the message is on the store and on its mirror.
+    let id = text("data")
+        .rsplit(' ')
+        .next()
+        .context("queued as ID")?
+        .to_string();
+    let a = common::store(&sandbox, "store-a");
+    let items = a.list_queue("inbound", None).await?;
+    let item = items
+        .iter()
+        .find(|i| i.message_id == id)
+        .with_context(|| format!("{id} not in store-a's inbound queue"))?;
+    let body = String::from_utf8(a.get_item("inbound", item.id, None).await?.to_vec())?;
+    assert!(body.starts_with("Received: from client.example"), "{body}");
+    assert!(
+        body.ends_with("Subject: hello\r\n\r\nline one\r\n.leading dot\r\nsmörgåsbord\r\n"),
+        "{body:?}"
+    );
+    let meta = item.meta.clone().unwrap_or_default();
+    assert_eq!(meta["rcpts"], json!(["ann@acme.example"]));
+    assert_eq!(meta["from"], "bob@remote.example");
+    let b = common::store(&sandbox, "store-b");
+    assert!(
+        b.list_queue("inbound", Some("store-a"))
+            .await?
+            .iter()
+            .any(|i| i.message_id == id)
+    );
+    // Every refusal is counted by kind.
+    let m = common::metrics(&sandbox, "mx-a").await?;
+    assert!(common::metric_sum(&m, "fabric_smtp_refusals_total", &[("kind", "relay_form")]) >= 4.0);
+    assert_eq!(
+        common::metric_sum(&m, "fabric_inet_mx_accepted_total", &[]),
+        1.0
+    );
+    Ok(())
+}
+
+/// A raw SMTP client: sends exactly the bytes given.
+struct Raw {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    async fn connect(sandbox: &Sandbox) -> anyhow::Result<Raw> {
+        let stream = TcpStream::connect(smtp_addr(sandbox)).await?;
+        let (r, w) = stream.into_split();
+        let mut raw = Raw {
+            reader: BufReader::new(r),
+            writer: w,
+        };
+        let greeting = raw.reply().await?;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        Ok(raw)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// One whole reply (all its lines), as text.
+    async fn reply(&mut self) -> anyhow::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
+                .await??;
+            if n == 0 {
+                bail!("connection closed; got so far: {all:?}");
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return Ok(all);
+            }
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> anyhow::Result<String> {
+        self.send(format!("{line}\r\n").as_bytes()).await?;
+        self.reply().await
+    }
+
+    /// EHLO, MAIL and RCPT to ann: ready for DATA.
+    async fn transaction(&mut self) -> anyhow::Result<()> {
+        assert!(self.cmd("EHLO raw.example").await?.starts_with("250"));
+        assert!(
+            self.cmd("MAIL FROM:<bob@remote.example>")
+                .await?
+                .starts_with("250")
+        );
+        assert!(
+            self.cmd("RCPT TO:<ann@acme.example>")
+                .await?
+                .starts_with("250")
+        );
+        Ok(())
+    }
+
+    async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.reader.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+async fn inbound_count(sandbox: &Sandbox) -> anyhow::Result<usize> {
+    Ok(common::store(sandbox, "store-a")
+        .list_queue("inbound", None)
+        .await?
+        .len())
+}
+
+#[tokio::test]
+async fn rfc_5321_limits_hold_exactly_at_the_edge() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let mut c = Raw::connect(&sandbox).await?;
+    // Command line: 512 octets with CRLF pass, 513 do not.
+    let at = format!("NOOP {}", "x".repeat(512 - 2 - 5));
+    assert!(c.cmd(&at).await?.starts_with("250"));
+    let over = format!("NOOP {}", "x".repeat(512 - 2 - 5 + 1));
+    assert!(c.cmd(&over).await?.starts_with("500 5.5.2"));
+    c.cmd("EHLO raw.example").await?;
+    // Local part 64 passes the syntax (then the directory says no such user), 65 is refused.
+    let l64 = "l".repeat(64);
+    c.cmd("MAIL FROM:<bob@remote.example>").await?;
+    assert!(
+        c.cmd(&format!("RCPT TO:<{l64}@acme.example>"))
+            .await?
+            .starts_with("550 5.1.1")
+    );
+    assert!(
+        c.cmd(&format!("RCPT TO:<{l64}x@acme.example>"))
+            .await?
+            .starts_with("501")
+    );
+    // Domain over 255 and path over 256 octets.
+    let long_domain = format!("{}.example", "d".repeat(250));
+    assert!(
+        c.cmd(&format!("RCPT TO:<a@{long_domain}>"))
+            .await?
+            .starts_with("501")
+    );
+    // SIZE over the limit.
+    c.cmd("RSET").await?;
+    let huge = 1u64 << 40;
+    assert!(
+        c.cmd(&format!("MAIL FROM:<bob@remote.example> SIZE={huge}"))
+            .await?
+            .starts_with("552 5.3.4")
+    );
+    // The 101st recipient.
+    c.cmd("MAIL FROM:<bob@remote.example>").await?;
+    let mut batch = String::new();
+    for _ in 0..101 {
+        batch.push_str("RCPT TO:<ann@acme.example>\r\n");
+    }
+    c.send(batch.as_bytes()).await?;
+    for i in 0..100 {
+        let r = c.reply().await?;
+        assert!(r.starts_with("250"), "recipient {i}: {r}");
+    }
+    assert!(c.reply().await?.starts_with("452 4.5.3"));
+    // A text line of 1000 octets with CRLF passes; 1001 refuses the message.
+    assert!(c.cmd("DATA").await?.starts_with("354"));
+    let line998 = "t".repeat(998);
+    c.send(format!("Subject: edge\r\n\r\n{line998}\r\n.\r\n").as_bytes())
+        .await?;
+    assert!(c.reply().await?.starts_with("250"));
+    c.transaction().await?;
+    assert!(c.cmd("DATA").await?.starts_with("354"));
+    c.send(format!("Subject: over\r\n\r\n{line998}x\r\n.\r\n").as_bytes())
+        .await?;
+    assert!(c.reply().await?.starts_with("500 5.5.2"));
+    assert!(c.cmd("QUIT").await?.starts_with("221"));
+    assert_eq!(
+        inbound_count(&sandbox).await?,
+        1,
+        "only the message at the limit was stored"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn no_smuggling_form_ends_data_and_bare_line_ends_are_refused() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let forms: [&[u8]; 9] = [
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n.\x00\r\n",
+    ];
+    for form in forms {
+        let mut c = Raw::connect(&sandbox).await?;
+        c.transaction().await?;
+        assert!(c.cmd("DATA").await?.starts_with("354"));
+        // A smuggling attempt: a fake end of data, then a second message's commands.
+        let mut payload = b"Subject: smuggle\r\n\r\nfirst".to_vec();
+        payload.extend_from_slice(form);
+        payload.extend_from_slice(b"MAIL FROM:<evil@remote.example>\r\nRCPT TO:<ann@acme.example>\r\nDATA\r\nsmuggled\r\n.\r\n");
+        c.send(&payload).await?;
+        // The only end of data is the real one, and it finds a message with a bare CR/LF or NUL.
+        let r = c.reply().await?;
+        assert!(r.starts_with("550 5.6.0"), "form {form:?} gave {r}");
+        assert!(
+            c.cmd("NOOP").await?.starts_with("250"),
+            "form {form:?}: one reply per DATA"
+        );
+    }
+    assert_eq!(
+        inbound_count(&sandbox).await?,
+        0,
+        "nothing smuggled was stored"
+    );
+    let m = common::metrics(&sandbox, "mx-a").await?;
+    assert!(common::metric_sum(&m, "fabric_smtp_refusals_total", &[("kind", "bare_cr_lf")]) >= 8.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn early_data_and_a_client_that_leaves_mid_data_store_nothing() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    // Body before the 354: refused, the connection closed, the body never read as commands.
+    let mut c = Raw::connect(&sandbox).await?;
+    c.transaction().await?;
+    c.send(b"DATA\r\nSubject: early\r\n\r\nRSET\r\n.\r\n")
+        .await?;
+    let r = c.reply().await?;
+    assert!(r.starts_with("554 5.5.0"), "{r}");
+    assert!(c.closed().await, "the session must end");
+    // A client that disconnects in the middle of DATA.
+    let mut c = Raw::connect(&sandbox).await?;
+    c.transaction().await?;
+    assert!(c.cmd("DATA").await?.starts_with("354"));
+    c.send(b"Subject: cut\r\n\r\nhalf a message\r\n").await?;
+    drop(c);
+    // Unknown commands and commands out of order are refused and the session goes on.
+    let mut c = Raw::connect(&sandbox).await?;
+    assert!(c.cmd("FOO bar").await?.starts_with("500 5.5.1"));
+    assert!(
+        c.cmd("MAIL FROM:<bob@remote.example>")
+            .await?
+            .starts_with("503")
+    );
+    assert!(c.cmd("EHLO raw.example").await?.starts_with("250"));
+    assert!(c.cmd("DATA").await?.starts_with("503"));
+    assert!(c.cmd("QUIT").await?.starts_with("221"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(inbound_count(&sandbox).await?, 0);
+    let m = common::metrics(&sandbox, "mx-a").await?;
+    assert_eq!(
+        common::metric_sum(&m, "fabric_smtp_refusals_total", &[("kind", "pipelining")]),
+        1.0
+    );
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "fabric_smtp_refusals_total",
+            &[("kind", "disconnect_in_data")]
+        ),
+        1.0
+    );
+    Ok(())
+}
