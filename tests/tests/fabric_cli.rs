@@ -300,3 +300,86 @@ async fn ctrl_c_stops_a_foreground_fabric_cleanly() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn operators_manage_users_and_the_blocklist_on_a_running_fabric() -> anyhow::Result<()> {
+    use argon2::PasswordVerifier;
+    use std::io::Write;
+
+    let f = Fabric::new("topology/mini.toml")?;
+    f.ok(&["up", &f.topology.display().to_string(), "--detach"])?;
+    let mut add = f
+        .command()
+        .args([
+            "user",
+            "add",
+            "Ann@Acme.Example",
+            "--password-stdin",
+            "--notify",
+            "sms",
+            "--sms",
+            "+15550100",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    add.stdin
+        .take()
+        .context("stdin")?
+        .write_all(b"s3cret pass\n")?;
+    assert!(add.wait()?.success());
+    // The directory holds an argon2 hash of exactly that password (the newline is not part of it).
+    let store = StoreClient::new(f.store_url("store-a")?).with_timeout(Duration::from_secs(20));
+    let user = store
+        .get_user("ann@acme.example", None)
+        .await?
+        .context("ann saved")?;
+    let hash = user["password_hash"].as_str().context("hash")?.to_string();
+    let parsed = argon2::PasswordHash::new(&hash).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"s3cret pass", &parsed)
+            .is_ok()
+    );
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(b"wrong", &parsed)
+            .is_err()
+    );
+    assert_eq!(user["notify"], "sms");
+    // Listing never shows the hash.
+    let listed = f.ok(&["user", "list", "--json"])?;
+    assert!(
+        listed.contains("ann@acme.example") && !listed.contains("argon2"),
+        "{listed}"
+    );
+    // Not a customer domain: refused.
+    assert!(
+        !f.run(&["user", "add", "x@elsewhere.example", "--password", "p"])?
+            .status
+            .success()
+    );
+    // passwd replaces the hash.
+    f.ok(&[
+        "user",
+        "passwd",
+        "ann@acme.example",
+        "--password",
+        "another one",
+    ])?;
+    let user = store
+        .get_user("ann@acme.example", None)
+        .await?
+        .context("ann kept")?;
+    assert_ne!(user["password_hash"].as_str(), Some(hash.as_str()));
+    // Blocklist round trip.
+    f.ok(&["blocklist", "add", "Spammer.Example"])?;
+    assert_eq!(f.ok(&["blocklist", "list"])?.trim(), "spammer.example");
+    f.ok(&["blocklist", "remove", "spammer.example"])?;
+    assert_eq!(f.ok(&["blocklist", "list"])?.trim(), "");
+    // Removing a user takes it out of the directory.
+    f.ok(&["user", "remove", "ann@acme.example"])?;
+    assert!(store.get_user("ann@acme.example", None).await?.is_none());
+    f.ok(&["down"])?;
+    Ok(())
+}

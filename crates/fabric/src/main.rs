@@ -59,6 +59,76 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The directory of users (mailboxes) of a running fabric.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// The sender blocklist (addresses or whole domains) of a running fabric.
+    Blocklist {
+        #[command(subcommand)]
+        command: BlocklistCommand,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct PasswordArgs {
+    /// The password (visible in the process list: prefer --password-stdin).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordArgs {
+    fn source(&self) -> cli::directory::PasswordSource {
+        cli::directory::PasswordSource {
+            password: self.password.clone(),
+            stdin: self.password_stdin,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a mailbox user (or replace its settings).
+    Add {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+        /// Where notifications go when `--notify alternate`.
+        #[arg(long)]
+        alternate: Option<String>,
+        /// The SMS number for `--notify sms`.
+        #[arg(long)]
+        sms: Option<String>,
+        #[arg(long, value_enum, default_value = "none")]
+        notify: cli::directory::Notify,
+    },
+    /// List the users (never their password hashes).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a user's password.
+    Passwd {
+        address: String,
+        #[command(flatten)]
+        password: PasswordArgs,
+    },
+    /// Remove a user from the directory (its mail is kept).
+    Remove { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum BlocklistCommand {
+    /// Refuse mail from an address or a whole domain.
+    Add { entry: String },
+    /// Accept it again.
+    Remove { entry: String },
+    /// Show the blocklist.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,5 +189,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Rebuild { node },
         } => cli::control::rebuild(&data_dir, &node).await,
+        Command::User { command } => match command {
+            UserCommand::Add {
+                address,
+                password,
+                alternate,
+                sms,
+                notify,
+            } => {
+                cli::directory::user_add(
+                    &data_dir,
+                    &address,
+                    &password.source(),
+                    alternate,
+                    sms,
+                    notify,
+                )
+                .await
+            }
+            UserCommand::List { json } => cli::directory::user_list(&data_dir, json).await,
+            UserCommand::Passwd { address, password } => {
+                cli::directory::user_passwd(&data_dir, &address, &password.source()).await
+            }
+            UserCommand::Remove { address } => {
+                cli::directory::user_remove(&data_dir, &address).await
+            }
+        },
+        Command::Blocklist { command } => match command {
+            BlocklistCommand::Add { entry } => {
+                cli::directory::blocklist_add(&data_dir, &entry).await
+            }
+            BlocklistCommand::Remove { entry } => {
+                cli::directory::blocklist_remove(&data_dir, &entry).await
+            }
+            BlocklistCommand::List => cli::directory::blocklist_list(&data_dir).await,
+        },
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands of `fabric`.
 
 pub mod control;
+pub mod directory;
 pub mod status;
 pub mod up;
 
