@@ -286,6 +286,21 @@ impl StoreClient {
         Ok(())
     }
 
+    /// Appends to the transfer log: a message moved `from` one side `to` the other.
+    pub async fn log_transfer(
+        &self,
+        message_id: &str,
+        from: &str,
+        to: &str,
+        summary: &Value,
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({"message_id": message_id, "from": from, "to": to, "summary": summary});
+        let _: Value = self
+            .json_body(Method::POST, "/v1/transfer-log", &body)
+            .await?;
+        Ok(())
+    }
+
     pub async fn get_trace(
         &self,
         message_id: &str,

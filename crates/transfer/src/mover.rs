@@ -1,0 +1,175 @@
+//! Inbound: mail the Internet side queued on `inbound` goes into each recipient's mailbox, on the store
+//! that is the home of the recipient's domain. Then the move is written to the transfer log and the
+//! message's trace, a copy is kept on `archive` for the retention period, and only then is the inbound
+//! item acknowledged. A crash anywhere in between leaves the item leased; the lease expires and the move
+//! is done again, which the mailbox de-duplicates by the fabric message id (exactly once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_parser::MessageParser;
+use serde_json::{Value, json};
+use store_client::{Leased, StoreClient};
+use topology::Topology;
+
+/// How long a leased item is ours before another transfer server may take it.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// Items taken per lease request.
+pub const BATCH: u32 = 32;
+
+pub struct Mover {
+    pub node: String,
+    pub topology: Arc<Topology>,
+    pub retention: Duration,
+}
+
+pub fn client(node: &topology::Node) -> Option<StoreClient> {
+    let addr = node.service_addr("store")?;
+    Some(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(30)))
+}
+
+/// From, To, Subject, Date and Message-ID of a message, for the transfer log.
+pub fn header_summary(body: &[u8]) -> Value {
+    let Some(m) = MessageParser::default().parse_headers(body) else {
+        return json!({});
+    };
+    let addr = |a: Option<&mail_parser::Address<'_>>| {
+        a.map(|a| {
+            a.iter()
+                .filter_map(|x| x.address().map(str::to_string))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    json!({
+        "from": addr(m.from()),
+        "to": addr(m.to()),
+        "subject": m.subject(),
+        "date": m.date().map(|d| d.to_rfc3339()),
+        "message_id": m.message_id(),
+    })
+}
+
+impl Mover {
+    /// The store holding a recipient's mailbox: the first store of its domain's home site.
+    fn mailbox_store(&self, rcpt: &str) -> Option<(String, StoreClient)> {
+        let domain = rcpt.rsplit_once('@')?.1;
+        let site = self.topology.home_of_domain(domain)?;
+        let store = *self.topology.site_stores(site).first()?;
+        Some((store.name.clone(), client(store)?))
+    }
+
+    /// Moves one leased inbound item; on failure it is deferred and tried again later.
+    pub async fn deliver(&self, source: &StoreClient, item: &Leased) {
+        let id = &item.message_id;
+        match self.try_deliver(source, item).await {
+            Ok(n) => {
+                metrics::counter!("fabric_transfer_moved_total", "direction" => "inbound")
+                    .increment(1);
+                tracing::info!(msg_id = %id, mailboxes = n, "delivered to mailboxes");
+            }
+            Err(e) => {
+                metrics::counter!("fabric_transfer_failures_total").increment(1);
+                let delay = Duration::from_secs(5 * (1 + item.attempts.clamp(0, 11) as u64));
+                tracing::warn!(msg_id = %id, error = %e, retry_in = ?delay, "move failed; deferred");
+                if let Err(e) = source
+                    .defer("inbound", item.id, &item.lease, delay, Some(&e))
+                    .await
+                {
+                    tracing::warn!(msg_id = %id, error = %e, "defer failed; the lease will expire instead");
+                }
+            }
+        }
+    }
+
+    async fn try_deliver(&self, source: &StoreClient, item: &Leased) -> Result<usize, String> {
+        let id = &item.message_id;
+        let meta = item.meta.clone().unwrap_or_default();
+        let rcpts: Vec<String> = meta["rcpts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rcpts.is_empty() {
+            return Err("no recipients in the item's metadata".into());
+        }
+        for rcpt in &rcpts {
+            let (store_name, store) = self
+                .mailbox_store(rcpt)
+                .ok_or_else(|| format!("{rcpt}: no home store for its domain"))?;
+            let w = store
+                .append(rcpt, "INBOX", Some(id), &[], item.body.clone())
+                .await
+                .map_err(|e| format!("appending for {rcpt} on {store_name}: {e}"))?;
+            let detail = format!("{rcpt} INBOX uid {} on {store_name}", w.value.uid);
+            if let Err(e) = store
+                .trace(id, &self.node, "delivered", Some(&detail))
+                .await
+            {
+                tracing::warn!(msg_id = %id, error = %e, "trace not written");
+            }
+        }
+        let summary = header_summary(&item.body);
+        source
+            .log_transfer(id, "internet", "isolated", &summary)
+            .await
+            .map_err(|e| format!("transfer log: {e}"))?;
+        source
+            .enqueue("archive", Some(id), item.meta.as_ref(), item.body.clone())
+            .await
+            .map_err(|e| format!("archiving: {e}"))?;
+        source
+            .ack("inbound", item.id, &item.lease)
+            .await
+            .map_err(|e| format!("ack: {e}"))?;
+        Ok(rcpts.len())
+    }
+
+    /// Purges archived copies older than the retention period; younger ones are put back until due.
+    pub async fn purge_archive(&self, store: &StoreClient) -> Result<usize, String> {
+        let mut purged = 0;
+        loop {
+            let items = store
+                .lease("archive", BATCH, LEASE)
+                .await
+                .map_err(|e| e.to_string())?;
+            if items.is_empty() {
+                return Ok(purged);
+            }
+            let listing = store
+                .list_queue("archive", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let retention_ms = self.retention.as_millis() as i64;
+            for item in &items {
+                let enqueued = listing
+                    .iter()
+                    .find(|i| i.id == item.id)
+                    .map(|i| i.enqueued_at_ms)
+                    .unwrap_or(now_ms);
+                let due = enqueued + retention_ms;
+                if due <= now_ms {
+                    store
+                        .ack("archive", item.id, &item.lease)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    purged += 1;
+                    metrics::counter!("fabric_transfer_archive_purged_total").increment(1);
+                } else {
+                    let wait = Duration::from_millis((due - now_ms) as u64);
+                    store
+                        .defer("archive", item.id, &item.lease, wait, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    }
+}
