@@ -13,18 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{Value, json};
 use smtp::{Address, Envelope, Handler, Reply};
 use store_client::StoreClient;
+use store_client::directory::Directory;
 use tokio::sync::Mutex;
 use topology::Topology;
 
 /// How long a read of the blocklist is reused.
 const BLOCKLIST_TTL: Duration = Duration::from_secs(2);
-
-/// A store to read from, and whose data to read (`origin` for a mirror's copy).
-#[derive(Clone)]
-struct Source {
-    client: StoreClient,
-    origin: Option<String>,
-}
 
 pub struct MxHandler {
     node: String,
@@ -33,7 +27,7 @@ pub struct MxHandler {
     /// This site's stores, in order: where mail is written.
     stores: Vec<(String, StoreClient)>,
     /// The directory store, then its mirrors' copies.
-    directory: Vec<Source>,
+    directory: Directory,
     blocklist: Mutex<Option<(Instant, Vec<String>)>>,
 }
 
@@ -49,24 +43,7 @@ impl MxHandler {
             .into_iter()
             .filter_map(|s| Some((s.name.clone(), client(s)?)))
             .collect();
-        let mut directory = Vec::new();
-        if let Some(dir) = topology.directory_store() {
-            if let Some(c) = client(dir) {
-                directory.push(Source {
-                    client: c,
-                    origin: None,
-                });
-            }
-            let m = topology.mirror_of(&dir.name);
-            for mirror in [m.other_site, m.same_site].into_iter().flatten() {
-                if let Some(c) = topology.node(&mirror).and_then(client) {
-                    directory.push(Source {
-                        client: c,
-                        origin: Some(dir.name.clone()),
-                    });
-                }
-            }
-        }
+        let directory = Directory::new(&topology);
         MxHandler {
             node: node.name.clone(),
             hostname: format!("{}.{}", node.name, topology.fabric.name),
@@ -88,36 +65,17 @@ impl MxHandler {
         {
             return Ok(list.clone());
         }
-        let mut last = String::from("no directory store");
-        for src in &self.directory {
-            match src.client.blocklist(src.origin.as_deref()).await {
-                Ok(v) => {
-                    let list: Vec<String> = v["entries"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|e| e["entry"].as_str().map(str::to_ascii_lowercase))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    *cached = Some((Instant::now(), list.clone()));
-                    return Ok(list);
-                }
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(last)
+        let list = self.directory.blocklist().await.map_err(|e| e.to_string())?;
+        *cached = Some((Instant::now(), list.clone()));
+        Ok(list)
     }
 
     async fn user_exists(&self, address: &str) -> Result<bool, String> {
-        let mut last = String::from("no directory store");
-        for src in &self.directory {
-            match src.client.get_user(address, src.origin.as_deref()).await {
-                Ok(found) => return Ok(found.is_some()),
-                Err(e) => last = e.to_string(),
-            }
-        }
-        Err(last)
+        self.directory
+            .user(address)
+            .await
+            .map(|u| u.is_some())
+            .map_err(|e| e.to_string())
     }
 
     fn received(&self, env: &Envelope, id: &str) -> String {

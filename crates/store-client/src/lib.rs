@@ -19,6 +19,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub mod directory;
 mod endpoints;
 mod types;
 pub use hyper::{Method, StatusCode};

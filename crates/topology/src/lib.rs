@@ -135,6 +135,13 @@ impl Topology {
         self.nodes.iter().find(|n| n.role() == Role::Store)
     }
 
+    /// The store that is the home of a mailbox: the first store of its domain's home site.
+    pub fn mailbox_store(&self, address: &str) -> Option<&Node> {
+        let domain = address.rsplit_once('@')?.1;
+        let site = self.home_of_domain(domain)?;
+        self.site_stores(site).into_iter().next()
+    }
+
     /// Whether `domain` is one of the fabric's customer domains.
     pub fn is_customer_domain(&self, domain: &str) -> bool {
         self.home_of_domain(domain).is_some()

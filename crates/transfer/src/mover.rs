@@ -51,11 +51,9 @@ pub fn header_summary(body: &[u8]) -> Value {
 }
 
 impl Mover {
-    /// The store holding a recipient's mailbox: the first store of its domain's home site.
+    /// The store holding a recipient's mailbox.
     fn mailbox_store(&self, rcpt: &str) -> Option<(String, StoreClient)> {
-        let domain = rcpt.rsplit_once('@')?.1;
-        let site = self.topology.home_of_domain(domain)?;
-        let store = *self.topology.site_stores(site).first()?;
+        let store = self.topology.mailbox_store(rcpt)?;
         Some((store.name.clone(), client(store)?))
     }
 
