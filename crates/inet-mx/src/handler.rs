@@ -65,7 +65,11 @@ impl MxHandler {
         {
             return Ok(list.clone());
         }
-        let list = self.directory.blocklist().await.map_err(|e| e.to_string())?;
+        let list = self
+            .directory
+            .blocklist()
+            .await
+            .map_err(|e| e.to_string())?;
         *cached = Some((Instant::now(), list.clone()));
         Ok(list)
     }

@@ -180,6 +180,7 @@ impl Role {
         match self {
             Role::Store => &["store"],
             Role::InetMx => &["smtp"],
+            Role::Intranet => &["pop3"],
             _ => &[],
         }
     }

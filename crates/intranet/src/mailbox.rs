@@ -1,0 +1,117 @@
+//! Customers' mailboxes as the intranet server's protocols see them: logins checked against the
+//! argon2 hashes of the directory, messages on the mailbox's home store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use argon2::PasswordVerifier;
+use pop3::{LoginError, MessageRef};
+use store_client::StoreClient;
+use store_client::directory::Directory;
+use topology::Topology;
+
+pub struct Mailboxes {
+    pub topology: Arc<Topology>,
+    pub directory: Directory,
+}
+
+/// One user's INBOX, listed at login.
+pub struct Inbox {
+    user: String,
+    store: StoreClient,
+    messages: Vec<MessageRef>,
+}
+
+impl Mailboxes {
+    /// Checks a password against the directory; `Ok(address)` when it matches.
+    pub async fn authenticate(&self, user: &str, password: &str) -> Result<String, LoginError> {
+        let address = user.trim().to_ascii_lowercase();
+        let entry = self
+            .directory
+            .user(&address)
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?
+            .ok_or(LoginError::Invalid)?;
+        let hash = entry["password_hash"].as_str().unwrap_or("").to_string();
+        let password = password.to_string();
+        // Verifying an argon2 hash takes tens of milliseconds of CPU: off the async workers.
+        let ok = tokio::task::spawn_blocking(move || {
+            argon2::PasswordHash::new(&hash)
+                .map(|h| {
+                    argon2::Argon2::default()
+                        .verify_password(password.as_bytes(), &h)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Ok(address)
+        } else {
+            Err(LoginError::Invalid)
+        }
+    }
+
+    fn store_of(&self, address: &str) -> Result<StoreClient, LoginError> {
+        let node = self
+            .topology
+            .mailbox_store(address)
+            .ok_or_else(|| LoginError::Unavailable(format!("no home store for {address}")))?;
+        let addr = node
+            .service_addr("store")
+            .ok_or_else(|| LoginError::Unavailable("store without a store port".into()))?;
+        Ok(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(30)))
+    }
+}
+
+impl pop3::Backend for Mailboxes {
+    type Drop = Inbox;
+
+    async fn login(&self, user: &str, password: &str) -> Result<Inbox, LoginError> {
+        let address = self.authenticate(user, password).await?;
+        let store = self.store_of(&address)?;
+        let listing = match store.list_mailbox(&address, "INBOX", None).await {
+            Ok(l) => l.messages,
+            // A user who never received mail has no INBOX yet.
+            Err(e) if e.status() == Some(store_client::StatusCode::NOT_FOUND) => Vec::new(),
+            Err(e) => return Err(LoginError::Unavailable(e.to_string())),
+        };
+        let messages = listing
+            .into_iter()
+            .map(|m| MessageRef {
+                uid: m.uid,
+                unique_id: m.message_id,
+                size: m.size.max(0) as u64,
+            })
+            .collect();
+        tracing::info!(user = %address, "POP3 login");
+        Ok(Inbox {
+            user: address,
+            store,
+            messages,
+        })
+    }
+}
+
+impl pop3::Maildrop for Inbox {
+    fn messages(&self) -> &[MessageRef] {
+        &self.messages
+    }
+
+    async fn fetch(&self, uid: i64) -> Result<Vec<u8>, String> {
+        self.store
+            .fetch(&self.user, "INBOX", uid, None)
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn expunge(&self, uids: Vec<i64>) -> Result<(), String> {
+        self.store
+            .expunge(&self.user, "INBOX", Some(&uids))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,175 @@
+//! Reading mail over POP3 with Python's poplib (a client nobody here wrote): the same bytes the
+//! sender's smtplib handed to the Internet mail server, then DELE and QUIT remove it for good.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use testkit::Sandbox;
+
+async fn python(script: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(script).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.context("python3 must be installed")?;
+    if !out.status.success() {
+        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn host_port(url: &str) -> (String, String) {
+    let a = url.trim_start_matches("http://");
+    let (h, p) = a.rsplit_once(':').unwrap_or((a, "0"));
+    (h.to_string(), p.to_string())
+}
+
+#[tokio::test]
+async fn poplib_reads_what_smtplib_sent_byte_for_byte() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start("topology/mini.toml").await?;
+    let hash = {
+        use argon2::PasswordHasher;
+        let salt = argon2::password_hash::SaltString::encode_b64(b"fixed-test-salt!")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        argon2::Argon2::default()
+            .hash_password(b"open sesame", &salt)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .to_string()
+    };
+    common::store(&sandbox, "store-a")
+        .put_user(
+            "ann@acme.example",
+            &json!({"password_hash": hash, "notify": "none"}),
+        )
+        .await?;
+    let (smtp_host, smtp_port) = host_port(&sandbox.url("mx-a", "smtp"));
+    let (pop_host, pop_port) = host_port(&sandbox.url("intranet-a", "pop3"));
+    let env = [
+        ("SMTP_HOST", smtp_host),
+        ("SMTP_PORT", smtp_port),
+        ("POP_HOST", pop_host),
+        ("POP_PORT", pop_port),
+    ];
+    let sent = python(
+        r#"
+import json, os, smtplib
+msg = b"From: bob@remote.example\r\nTo: ann@acme.example\r\nSubject: over pop\r\n\r\nfirst line\r\n.starts with a dot\r\n\r\nlast line\r\n"
+s = smtplib.SMTP(os.environ["SMTP_HOST"], int(os.environ["SMTP_PORT"]), timeout=30)
+code, text = s.sendmail("bob@remote.example", ["ann@acme.example"], msg) or (250, b"")
+s.quit()
+print(json.dumps({"msg": msg.decode()}))
+"#,
+        &env,
+    )
+    .await?;
+    let a = common::store(&sandbox, "store-a");
+    testkit::wait_until(
+        "the message in the INBOX",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            a.list_mailbox("ann@acme.example", "INBOX", None)
+                .await
+                .map(|l| l.messages.len() == 1)
+                .unwrap_or(false)
+        },
+    )
+    .await?;
+    let fabric_id = a
+        .list_mailbox("ann@acme.example", "INBOX", None)
+        .await?
+        .messages[0]
+        .message_id
+        .clone();
+    let r = python(
+        r#"
+import json, os, poplib
+out = {}
+p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+out["capa"] = sorted(p.capa().keys())
+try:
+    p.user("ann@acme.example"); p.pass_("wrong")
+    out["wrong"] = "accepted"
+except poplib.error_proto as e:
+    out["wrong"] = e.args[0].decode()
+p.quit()
+p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p.user("ann@acme.example")
+out["pass"] = p.pass_("open sesame").decode()
+out["stat"] = list(p.stat())
+out["uidl"] = p.uidl()[1][0].decode()
+resp, lines, octets = p.retr(1)
+out["retr"] = "\r\n".join(l.decode() for l in lines) + "\r\n"
+resp, lines, octets = p.top(1, 1)
+out["top"] = [l.decode() for l in lines]
+try:
+    p._shortcmd("X" * 300)
+except poplib.error_proto as e:
+    out["long"] = e.args[0].decode()
+out["dele"] = p.dele(1).decode()
+out["quit"] = p.quit().decode()
+p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p.user("ann@acme.example"); p.pass_("open sesame")
+out["after"] = list(p.stat())
+p.quit()
+print(json.dumps(out))
+"#,
+        &env,
+    )
+    .await?;
+    assert_eq!(
+        r["capa"],
+        json!([
+            "AUTH-RESP-CODE",
+            "IMPLEMENTATION",
+            "PIPELINING",
+            "RESP-CODES",
+            "TOP",
+            "UIDL",
+            "USER"
+        ])
+    );
+    assert!(
+        r["wrong"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("-ERR [AUTH]")),
+        "{}",
+        r["wrong"]
+    );
+    assert!(r["pass"].as_str().is_some_and(|s| s.starts_with("+OK")));
+    assert_eq!(r["stat"][0], 1);
+    // RETR gives the sender's bytes after the fabric's Received header (poplib undoes the stuffing).
+    let retr = r["retr"].as_str().context("retr")?;
+    let msg = sent["msg"].as_str().context("msg")?;
+    assert!(retr.starts_with("Received: from "), "{retr}");
+    assert!(retr.ends_with(msg), "{retr:?}\n---\n{msg:?}");
+    assert_eq!(
+        r["uidl"].as_str().map(|u| u.split(' ').nth(1)),
+        Some(Some(fabric_id.as_str()))
+    );
+    let top = r["top"].as_array().context("top")?;
+    assert_eq!(
+        top.last().and_then(Value::as_str),
+        Some("first line"),
+        "TOP 1 1 ends after one body line"
+    );
+    assert!(r["long"].as_str().is_some_and(|s| s.starts_with("-ERR")));
+    assert!(r["dele"].as_str().is_some_and(|s| s.starts_with("+OK")));
+    assert_eq!(r["after"][0], 0, "DELE then QUIT removed the message");
+    assert!(
+        a.list_mailbox("ann@acme.example", "INBOX", None)
+            .await?
+            .messages
+            .is_empty()
+    );
+    let m = common::metrics(&sandbox, "intranet-a").await?;
+    assert_eq!(
+        common::metric_sum(&m, "fabric_pop3_logins_total", &[("result", "invalid")]),
+        1.0
+    );
+    Ok(())
+}
