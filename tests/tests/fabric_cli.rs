@@ -307,7 +307,26 @@ async fn operators_manage_users_and_the_blocklist_on_a_running_fabric() -> anyho
     use std::io::Write;
 
     let f = Fabric::new("topology/mini.toml")?;
-    f.ok(&["up", &f.topology.display().to_string(), "--detach"])?;
+    let up = f.ok(&["up", &f.topology.display().to_string(), "--detach"])?;
+    // The demo mailbox was created and its password printed; the password is the real one.
+    let demo_password = up
+        .lines()
+        .find_map(|l| l.strip_prefix("demo mailbox demo@acme.example"))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .with_context(|| format!("no demo password in: {up}"))?
+        .to_string();
+    let store = StoreClient::new(f.store_url("store-a")?).with_timeout(Duration::from_secs(20));
+    let demo = store
+        .get_user("demo@acme.example", None)
+        .await?
+        .context("demo user")?;
+    let demo_hash = demo["password_hash"].as_str().context("hash")?.to_string();
+    let parsed = argon2::PasswordHash::new(&demo_hash).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(demo_password.as_bytes(), &parsed)
+            .is_ok()
+    );
     let mut add = f
         .command()
         .args([
@@ -329,7 +348,6 @@ async fn operators_manage_users_and_the_blocklist_on_a_running_fabric() -> anyho
         .write_all(b"s3cret pass\n")?;
     assert!(add.wait()?.success());
     // The directory holds an argon2 hash of exactly that password (the newline is not part of it).
-    let store = StoreClient::new(f.store_url("store-a")?).with_timeout(Duration::from_secs(20));
     let user = store
         .get_user("ann@acme.example", None)
         .await?
@@ -377,6 +395,64 @@ async fn operators_manage_users_and_the_blocklist_on_a_running_fabric() -> anyho
     assert_eq!(f.ok(&["blocklist", "list"])?.trim(), "spammer.example");
     f.ok(&["blocklist", "remove", "spammer.example"])?;
     assert_eq!(f.ok(&["blocklist", "list"])?.trim(), "");
+    // A message's hops, by `fabric trace`: sent with a raw SMTP conversation to the mail server.
+    let status = f.status()?;
+    let smtp = Fabric::node(&status, "mx-a")?["services"]["smtp"]
+        .as_str()
+        .context("smtp address")?
+        .to_string();
+    let reply = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let stream = std::net::TcpStream::connect(&smtp)?;
+        let mut r = BufReader::new(stream.try_clone()?);
+        let mut w = stream;
+        let mut last = String::new();
+        for cmd in [
+            "",
+            "EHLO t.example\r\n",
+            "MAIL FROM:<x@remote.example>\r\n",
+            "RCPT TO:<demo@acme.example>\r\n",
+            "DATA\r\n",
+            "Subject: t\r\n\r\nhi\r\n.\r\n",
+        ] {
+            w.write_all(cmd.as_bytes())?;
+            loop {
+                last.clear();
+                r.read_line(&mut last)?;
+                if last.as_bytes().get(3) != Some(&b'-') {
+                    break;
+                }
+            }
+        }
+        Ok(last)
+    })
+    .await??;
+    assert!(reply.starts_with("250"), "{reply}");
+    let id = reply
+        .trim_end()
+        .rsplit(' ')
+        .next()
+        .context("id")?
+        .to_string();
+    let mut trace = String::new();
+    for _ in 0..100 {
+        trace = f.ok(&["trace", &id])?;
+        if trace.contains("delivered") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        trace.contains("mx-a") && trace.contains("accepted"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("transfer-a") && trace.contains("delivered"),
+        "{trace}"
+    );
+    let listed = f.ok(&["trace", "--recipient", "demo@acme.example"])?;
+    assert!(listed.contains(&id), "{listed}");
+    assert!(!f.run(&["trace", "no-such-message"])?.status.success());
     // Removing a user takes it out of the directory.
     f.ok(&["user", "remove", "ann@acme.example"])?;
     assert!(store.get_user("ann@acme.example", None).await?.is_none());

@@ -59,6 +59,20 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// Every hop of a message (node, action, time, elapsed), or a mailbox's recent messages.
+    Trace {
+        /// The fabric message id (the SMTP 250 reply says "queued as ID").
+        #[arg(required_unless_present = "recipient")]
+        message_id: Option<String>,
+        /// List the recent messages of this mailbox instead.
+        #[arg(long, conflicts_with = "message_id")]
+        recipient: Option<String>,
+        /// How many messages `--recipient` lists.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The directory of users (mailboxes) of a running fabric.
     User {
         #[command(subcommand)]
@@ -189,6 +203,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store {
             command: StoreCommand::Rebuild { node },
         } => cli::control::rebuild(&data_dir, &node).await,
+        Command::Trace {
+            message_id,
+            recipient,
+            limit,
+            json,
+        } => match (message_id, recipient) {
+            (_, Some(r)) => cli::trace::recipient(&data_dir, &r, limit).await,
+            (Some(id), None) => cli::trace::trace(&data_dir, &id, json).await,
+            (None, None) => anyhow::bail!("give a message id or --recipient ADDRESS"),
+        },
         Command::User { command } => match command {
             UserCommand::Add {
                 address,

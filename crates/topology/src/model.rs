@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
+    /// Mailboxes `fabric up` creates with fresh passwords it prints, so a person can log in at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demo_users: Vec<String>,
     pub fabric: FabricInfo,
     #[serde(default)]
     pub timing: Timing,

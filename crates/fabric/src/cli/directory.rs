@@ -212,3 +212,26 @@ pub async fn blocklist_list(data_dir: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Creates the topology's demo mailboxes that do not exist yet, with fresh passwords, and prints
+/// them (once: a restart on the same data keeps the passwords already given).
+pub async fn create_demo_users(data_dir: &Path) -> anyhow::Result<()> {
+    let (launcher, _) = super::running(data_dir)?;
+    if launcher.topology.demo_users.is_empty() {
+        return Ok(());
+    }
+    let store = directory(data_dir)?;
+    println!();
+    for address in &launcher.topology.demo_users {
+        let address = check_address(address)?;
+        if store.get_user(&address, None).await?.is_some() {
+            println!("demo mailbox {address:<28} (exists; password unchanged)");
+            continue;
+        }
+        let password: String = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let user = json!({"password_hash": hash_password(&password)?, "notify": "none"});
+        store.put_user(&address, &user).await?;
+        println!("demo mailbox {address:<28} password {password}");
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 pub mod control;
 pub mod directory;
 pub mod status;
+pub mod trace;
 pub mod up;
 
 use std::path::Path;

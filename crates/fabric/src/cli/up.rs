@@ -60,6 +60,9 @@ pub async fn up(
         launcher.data_dir.display()
     );
     status::print_table(&launcher, &FabricState::read(&launcher.data_dir)?).await;
+    if let Err(e) = super::directory::create_demo_users(&launcher.data_dir).await {
+        eprintln!("fabric: demo mailboxes not created: {e:#}");
+    }
     if detach {
         return Ok(());
     }
