@@ -436,8 +436,10 @@ async fn operators_manage_users_and_the_blocklist_on_a_running_fabric() -> anyho
         .to_string();
     let mut trace = String::new();
     for _ in 0..100 {
-        trace = f.ok(&["trace", &id])?;
-        if trace.contains("delivered") {
+        // The first hop is written just after the 250, the second when the transfer moves it.
+        let out = f.run(&["trace", &id])?;
+        trace = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && trace.contains("delivered") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

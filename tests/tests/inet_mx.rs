@@ -118,28 +118,25 @@ print(json.dumps({k: [v[0], v[1].decode() if isinstance(v[1], bytes) else v[1]] 
         .next()
         .context("queued as ID")?
         .to_string();
-    let a = common::store(&sandbox, "store-a");
-    let items = a.list_queue("inbound", None).await?;
-    let item = items
-        .iter()
-        .find(|i| i.message_id == id)
-        .with_context(|| format!("{id} not in store-a's inbound queue"))?;
-    let body = String::from_utf8(a.get_item("inbound", item.id, None).await?.to_vec())?;
+    let (body, meta) = stored(&sandbox, &id).await?;
     assert!(body.starts_with("Received: from client.example"), "{body}");
     assert!(
         body.ends_with("Subject: hello\r\n\r\nline one\r\n.leading dot\r\nsmörgåsbord\r\n"),
         "{body:?}"
     );
-    let meta = item.meta.clone().unwrap_or_default();
     assert_eq!(meta["rcpts"], json!(["ann@acme.example"]));
     assert_eq!(meta["from"], "bob@remote.example");
+    // The mirror holds it too (on whichever queue it is by now).
     let b = common::store(&sandbox, "store-b");
-    assert!(
-        b.list_queue("inbound", Some("store-a"))
+    let mut mirrored = false;
+    for queue in ["inbound", "archive"] {
+        mirrored |= b
+            .list_queue(queue, Some("store-a"))
             .await?
             .iter()
-            .any(|i| i.message_id == id)
-    );
+            .any(|i| i.message_id == id);
+    }
+    assert!(mirrored, "{id} not on the mirror");
     // Every refusal is counted by kind.
     let m = common::metrics(&sandbox, "mx-a").await?;
     assert!(common::metric_sum(&m, "fabric_smtp_refusals_total", &[("kind", "relay_form")]) >= 4.0);
@@ -221,11 +218,42 @@ impl Raw {
     }
 }
 
+/// Messages the mail server stored: still on `inbound`, or already moved by the transfer server
+/// (which keeps a copy on `archive`).
 async fn inbound_count(sandbox: &Sandbox) -> anyhow::Result<usize> {
-    Ok(common::store(sandbox, "store-a")
-        .list_queue("inbound", None)
-        .await?
-        .len())
+    let a = common::store(sandbox, "store-a");
+    // A message is briefly on both while it moves: count message ids, not items.
+    let mut ids = std::collections::BTreeSet::new();
+    for queue in ["inbound", "archive"] {
+        ids.extend(
+            a.list_queue(queue, None)
+                .await?
+                .into_iter()
+                .map(|i| i.message_id),
+        );
+    }
+    Ok(ids.len())
+}
+
+/// The stored bytes and metadata of message `id`, wherever the transfer server has got to.
+async fn stored(sandbox: &Sandbox, id: &str) -> anyhow::Result<(String, Value)> {
+    let a = common::store(sandbox, "store-a");
+    for _ in 0..100 {
+        for queue in ["inbound", "archive"] {
+            let items = a.list_queue(queue, None).await?;
+            if let Some(item) = items.iter().find(|i| i.message_id == id) {
+                // Moved between the listing and the fetch: look again.
+                if let Ok(body) = a.get_item(queue, item.id, None).await {
+                    return Ok((
+                        String::from_utf8(body.to_vec())?,
+                        item.meta.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{id} is neither on inbound nor on archive")
 }
 
 #[tokio::test]
@@ -379,6 +407,111 @@ async fn early_data_and_a_client_that_leaves_mid_data_store_nothing() -> anyhow:
             &m,
             "fabric_smtp_refusals_total",
             &[("kind", "disconnect_in_data")]
+        ),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn starttls_with_the_fabric_ca_and_no_command_injection() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let ca = sandbox.tls_dir().join("ca.pem");
+    let addr = smtp_addr(&sandbox);
+    let (host, port) = addr.rsplit_once(':').context("address")?;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import json, os, smtplib, socket, ssl
+H, P = os.environ["HOST"], int(os.environ["PORT"])
+ctx = ssl.create_default_context(cafile=os.environ["CA"])
+out = {}
+s = smtplib.SMTP(H, P, timeout=30)
+s.ehlo("c.example")
+out["offered"] = s.has_extn("starttls")
+out["tls"] = s.starttls(context=ctx)[0]
+out["cipher"] = s.sock.version()
+s.ehlo("c.example")
+out["offered_again"] = s.has_extn("starttls")
+out["again"] = s.docmd("STARTTLS")[0]
+out["mail"] = s.mail("bob@remote.example")[0]
+out["rcpt"] = s.rcpt("ann@acme.example")[0]
+code, text = s.data(b"Subject: over tls\r\n\r\nsecret\r\n")
+out["data"] = [code, text.decode()]
+s.quit()
+# Injection: a command sent in the same packet as STARTTLS must never be answered inside TLS.
+sock = socket.create_connection((H, P), timeout=30)
+f = sock.makefile("rb")
+f.readline()
+sock.sendall(b"EHLO x.example\r\n")
+while True:
+    l = f.readline()
+    if l[3:4] == b" ":
+        break
+sock.sendall(b"STARTTLS\r\nNOOP\r\n")
+out["starttls_reply"] = f.readline().decode()
+tls = ctx.wrap_socket(sock, server_hostname=H)
+tls.settimeout(1.0)
+try:
+    out["injected_answer"] = tls.recv(200).decode()
+except socket.timeout:
+    out["injected_answer"] = None
+tls.settimeout(10)
+tls.sendall(b"NOOP\r\n")
+out["noop"] = tls.recv(200).decode()
+print(json.dumps(out))
+"#,
+        )
+        .env("HOST", host)
+        .env("PORT", port)
+        .env("CA", &ca)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("python: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["offered"], true);
+    assert_eq!(r["tls"], 220);
+    assert!(
+        r["cipher"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{}",
+        r["cipher"]
+    );
+    assert_eq!(
+        r["offered_again"], false,
+        "STARTTLS is not offered inside TLS"
+    );
+    assert_eq!(r["again"], 502);
+    assert_eq!(r["data"][0], 250);
+    assert!(
+        r["starttls_reply"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("220"))
+    );
+    assert_eq!(
+        r["injected_answer"],
+        Value::Null,
+        "the injected NOOP was answered inside TLS"
+    );
+    assert!(r["noop"].as_str().is_some_and(|l| l.starts_with("250")));
+    let id = r["data"][1]
+        .as_str()
+        .and_then(|t| t.rsplit(' ').next())
+        .context("id")?
+        .to_string();
+    let (body, _) = stored(&sandbox, &id).await?;
+    assert!(body.contains("with ESMTPS id"), "{body}");
+    let m = common::metrics(&sandbox, "mx-a").await?;
+    assert_eq!(
+        common::metric_sum(
+            &m,
+            "fabric_smtp_refusals_total",
+            &[("kind", "starttls_injection")]
         ),
         1.0
     );

@@ -102,6 +102,18 @@ async fn smtp_mail_reaches_the_mailbox_with_its_trace_transfer_log_and_archive()
         },
     )
     .await?;
+    // The ack comes last, after the log and the archive copy.
+    testkit::wait_until(
+        "the inbound item acknowledged",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            a.list_queue("inbound", None)
+                .await
+                .is_ok_and(|q| q.is_empty())
+        },
+    )
+    .await?;
     let listing = a.list_mailbox("ann@acme.example", "INBOX", None).await?;
     let msg = listing
         .messages
@@ -112,7 +124,18 @@ async fn smtp_mail_reaches_the_mailbox_with_its_trace_transfer_log_and_archive()
     let text = String::from_utf8(body.to_vec())?;
     assert!(text.starts_with("Received: from load.example"), "{text}");
     assert!(text.contains("Subject: end to end\r\n\r\nload load"));
-    // The trace has both hops, by node.
+    // The trace has both hops, by node (the mail server writes its hop just after its 250).
+    testkit::wait_until(
+        "both hops in the trace",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            a.get_trace(&id, None)
+                .await
+                .is_ok_and(|t| t["hops"].as_array().is_some_and(|h| h.len() >= 2))
+        },
+    )
+    .await?;
     let trace = a.get_trace(&id, None).await?;
     let hops: Vec<(String, String)> = trace["hops"]
         .as_array()
@@ -152,7 +175,6 @@ async fn smtp_mail_reaches_the_mailbox_with_its_trace_transfer_log_and_archive()
         .with_context(|| format!("no transfer log entry: {log}"))?;
     assert_eq!(entry["summary"]["subject"], "end to end");
     assert_eq!(entry["from"], "internet");
-    assert!(a.list_queue("inbound", None).await?.is_empty());
     assert!(
         a.list_queue("archive", None)
             .await?

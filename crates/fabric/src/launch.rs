@@ -20,6 +20,8 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("preparing certificates: {0}")]
+    Tls(String),
     #[error("no node named {0:?} in the topology")]
     UnknownNode(String),
     #[error(
@@ -78,12 +80,14 @@ impl Launcher {
         let topology = Topology::load(&topology_file)?;
         std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
         let data_dir = std::path::absolute(data_dir).map_err(io_err(data_dir))?;
-        Ok(Launcher {
+        let launcher = Launcher {
             topology_file,
             topology,
             data_dir,
             bin_dir: bin_dir.to_path_buf(),
-        })
+        };
+        launcher.prepare_tls()?;
+        Ok(launcher)
     }
 
     pub fn node(&self, name: &str) -> Result<&Node, LaunchError> {
@@ -98,6 +102,17 @@ impl Launcher {
 
     pub fn log_path(&self, node: &str) -> PathBuf {
         self.data_dir.join("logs").join(format!("{node}.log"))
+    }
+
+    /// The fabric's CA and node certificates.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// Creates the CA and every node's certificate that do not exist yet.
+    pub fn prepare_tls(&self) -> Result<(), LaunchError> {
+        node_runtime::tls::ensure_certificates(&self.tls_dir(), &self.topology)
+            .map_err(|e| LaunchError::Tls(e.to_string()))
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -142,6 +157,8 @@ impl Launcher {
             .arg(name)
             .arg("--data-dir")
             .arg(&data)
+            .arg("--tls-dir")
+            .arg(self.tls_dir())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)

@@ -86,10 +86,11 @@ impl MxHandler {
         let date = httpdate::fmt_http_date(SystemTime::now());
         // RFC 5322 dates use "+0000"; httpdate writes "GMT", which RFC 5322 also accepts (obs-zone).
         format!(
-            "Received: from {} ([{}])\r\n\tby {} (Mail Fabric) with ESMTP id {id};\r\n\t{date}\r\n",
+            "Received: from {} ([{}])\r\n\tby {} (Mail Fabric) with {} id {id};\r\n\t{date}\r\n",
             env.helo,
             env.peer.ip(),
             self.hostname,
+            if env.tls { "ESMTPS" } else { "ESMTP" },
         )
     }
 }

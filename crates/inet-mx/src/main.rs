@@ -40,6 +40,14 @@ async fn main() -> anyhow::Result<()> {
         .saturating_sub(64 * 1024);
     let config = Arc::new(config);
 
+    // STARTTLS with the node's certificate from the fabric's CA (`fabric up` makes them).
+    let acceptor = match node_runtime::tls::server_config(&ctx.tls_dir, &ctx.node.name) {
+        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no certificate: STARTTLS is not offered");
+            None
+        }
+    };
     let readiness = Readiness::default();
     readiness.set(true);
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
@@ -65,18 +73,19 @@ async fn main() -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let (handler, config, sessions) = (handler.clone(), config.clone(), sessions.clone());
+        let acceptor = acceptor.clone();
         ctx.tasks.spawn(async move {
-            let (reader, mut writer) = stream.into_split();
+            let mut stream = stream;
             let Ok(_permit) = sessions.try_acquire() else {
                 metrics::counter!("fabric_smtp_refusals_total", "kind" => "too_many_sessions")
                     .increment(1);
                 use tokio::io::AsyncWriteExt;
-                let _ = writer
+                let _ = stream
                     .write_all(b"421 4.7.0 too many sessions; try again later\r\n")
                     .await;
                 return;
             };
-            if let Err(e) = smtp::serve(reader, writer, peer, &config, handler.as_ref()).await {
+            if let Err(e) = smtp::serve(stream, peer, &config, handler.as_ref(), acceptor).await {
                 tracing::debug!(peer = %peer, error = %e, "session ended with an I/O error");
             }
         });

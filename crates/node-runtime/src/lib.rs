@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod logging;
 pub mod shutdown;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -37,6 +38,9 @@ pub struct NodeArgs {
     /// Where this node keeps its state (default: ./var/nodes/NODE).
     #[arg(long, env = "FABRIC_NODE_DATA")]
     pub data_dir: Option<PathBuf>,
+    /// Where the fabric's CA and node certificates are (default: ./var/tls).
+    #[arg(long, env = "FABRIC_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 /// Everything a running node needs to know about itself.
@@ -52,6 +56,8 @@ pub struct NodeContext {
     pub tasks: TaskTracker,
     pub started: Instant,
     pub metrics: PrometheusHandle,
+    /// The fabric's TLS directory (see [`tls`]).
+    pub tls_dir: PathBuf,
 }
 
 impl NodeContext {
@@ -76,7 +82,11 @@ impl NodeContext {
             .unwrap_or_else(|| PathBuf::from("var").join("nodes").join(&node.name));
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-        Ok(NodeContext::new(Arc::new(topology), node, data_dir))
+        let mut ctx = NodeContext::new(Arc::new(topology), node, data_dir);
+        if let Some(dir) = &args.tls_dir {
+            ctx.tls_dir = dir.clone();
+        }
+        Ok(ctx)
     }
 
     /// A context without logging set up (tests that run a role in-process use this).
@@ -91,6 +101,7 @@ impl NodeContext {
             tasks: TaskTracker::new(),
             started: Instant::now(),
             metrics: metrics_handle(),
+            tls_dir: PathBuf::from("var").join("tls"),
         }
     }
 }

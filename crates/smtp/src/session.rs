@@ -58,6 +58,8 @@ pub struct Envelope {
     /// `None` for the null reverse path `<>` (bounces).
     pub from: Option<Address>,
     pub rcpts: Vec<Address>,
+    /// Whether the session runs inside TLS.
+    pub tls: bool,
 }
 
 /// The role's part of a session.
@@ -86,6 +88,7 @@ fn count(kind: &'static str) {
 enum Step {
     Continue,
     Close,
+    StartTls,
 }
 
 struct Session<'a, R, W, H> {
@@ -97,82 +100,149 @@ struct Session<'a, R, W, H> {
     greeted: bool,
     in_transaction: bool,
     errors: usize,
+    /// STARTTLS is offered (an acceptor exists and TLS is not on yet).
+    offer_tls: bool,
 }
 
-/// Runs a session on `reader`/`writer` until QUIT, the client leaves, a timeout, or too many errors.
-pub async fn serve<R, W, H>(
-    reader: R,
-    writer: W,
+/// How a phase of the session ended.
+enum Ended {
+    Closed,
+    /// The client asked for TLS and got its 220: the caller does the handshake.
+    StartTls,
+}
+
+/// Runs a session on `stream` until QUIT, the client leaves, a timeout, or too many errors. With an
+/// acceptor, STARTTLS (RFC 3207) is offered once: whatever the client sent after the STARTTLS line
+/// and before the handshake is thrown away, never read as a command (CVE-2011-0411), and the session
+/// starts over inside TLS (EHLO again; STARTTLS no longer offered).
+pub async fn serve<S, H>(
+    stream: S,
     peer: SocketAddr,
     config: &Config,
     handler: &H,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()>
 where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
 {
     metrics::counter!("fabric_smtp_sessions_total").increment(1);
-    let mut s = Session {
-        reader: LineReader::new(reader),
-        writer,
-        config,
-        handler,
-        env: Envelope {
-            peer,
-            helo: String::new(),
-            from: None,
-            rcpts: Vec::new(),
-        },
-        greeted: false,
-        in_transaction: false,
-        errors: 0,
-    };
+    let (r, w) = tokio::io::split(stream);
+    let mut s = Session::new(r, w, peer, config, handler, tls.is_some(), false);
     s.send(&Reply::plain(
         220,
         format!("{} ESMTP Mail Fabric ready", config.hostname),
     ))
     .await?;
-    loop {
-        let line = match tokio::time::timeout(
-            config.command_timeout,
-            s.reader.read_line(MAX_COMMAND_LINE),
-        )
-        .await
-        {
-            Err(_) => {
-                count("timeout");
-                s.send(&Reply::new(
-                    421,
-                    "4.4.2",
-                    "timeout waiting for a command; closing",
-                ))
-                .await?;
-                return Ok(());
-            }
-            Ok(r) => r?,
-        };
-        let step = match line {
-            None => return Ok(()),
-            Some(Line::TooLong) => {
-                count("line_too_long");
-                s.refuse(Reply::new(
-                    500,
-                    "5.5.2",
-                    "line too long (512 octets at most)",
-                ))
-                .await?
-            }
-            Some(Line::Complete { bare: true, .. }) => {
-                count("bare_cr_lf");
-                s.refuse(Reply::new(500, "5.5.2", "bare CR or LF in a command"))
-                    .await?
-            }
-            Some(Line::Complete { bytes, .. }) => s.command(&bytes).await?,
-        };
-        if let Step::Close = step {
-            let _ = s.writer.shutdown().await;
+    if let Ended::Closed = s.run().await? {
+        return Ok(());
+    }
+    let Some(acceptor) = tls else {
+        return Ok(());
+    };
+    let (read_half, leftover) = s.reader.into_parts();
+    if !leftover.is_empty() {
+        count("starttls_injection");
+        tracing::info!(peer = %peer, bytes = leftover.len(), "bytes sent after STARTTLS before the handshake: discarded");
+    }
+    let stream = read_half.unsplit(s.writer);
+    let secured = match acceptor.accept(stream).await {
+        Ok(t) => t,
+        Err(e) => {
+            count("tls_handshake");
+            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
             return Ok(());
+        }
+    };
+    metrics::counter!("fabric_smtp_tls_sessions_total").increment(1);
+    let (r, w) = tokio::io::split(secured);
+    let mut s = Session::new(r, w, peer, config, handler, false, true);
+    s.run().await?;
+    Ok(())
+}
+
+impl<'a, R, W, H> Session<'a, R, W, H>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    fn new(
+        r: R,
+        writer: W,
+        peer: SocketAddr,
+        config: &'a Config,
+        handler: &'a H,
+        offer_tls: bool,
+        secured: bool,
+    ) -> Self {
+        Session {
+            reader: LineReader::new(r),
+            writer,
+            config,
+            handler,
+            env: Envelope {
+                peer,
+                helo: String::new(),
+                from: None,
+                rcpts: Vec::new(),
+                tls: secured,
+            },
+            greeted: false,
+            in_transaction: false,
+            errors: 0,
+            offer_tls,
+        }
+    }
+
+    async fn run(&mut self) -> std::io::Result<Ended> {
+        let config = self.config;
+        let s = self;
+        loop {
+            let line = match tokio::time::timeout(
+                config.command_timeout,
+                s.reader.read_line(MAX_COMMAND_LINE),
+            )
+            .await
+            {
+                Err(_) => {
+                    count("timeout");
+                    s.send(&Reply::new(
+                        421,
+                        "4.4.2",
+                        "timeout waiting for a command; closing",
+                    ))
+                    .await?;
+                    return Ok(Ended::Closed);
+                }
+                Ok(r) => r?,
+            };
+            let step = match line {
+                None => return Ok(Ended::Closed),
+                Some(Line::TooLong) => {
+                    count("line_too_long");
+                    s.refuse(Reply::new(
+                        500,
+                        "5.5.2",
+                        "line too long (512 octets at most)",
+                    ))
+                    .await?
+                }
+                Some(Line::Complete { bare: true, .. }) => {
+                    count("bare_cr_lf");
+                    s.refuse(Reply::new(500, "5.5.2", "bare CR or LF in a command"))
+                        .await?
+                }
+                Some(Line::Complete { bytes, .. }) => s.command(&bytes).await?,
+            };
+            match step {
+                Step::Continue => {}
+                Step::Close => {
+                    let _ = s.writer.shutdown().await;
+                    return Ok(Ended::Closed);
+                }
+                Step::StartTls => return Ok(Ended::StartTls),
+            }
         }
     }
 }
@@ -252,6 +322,17 @@ where
                 .await
             }
             "HELP" => self.reply(Reply::new(214, "2.0.0", "see RFC 5321")).await,
+            "STARTTLS" if self.offer_tls => {
+                if !arg.trim().is_empty() {
+                    count("syntax");
+                    return self
+                        .refuse(Reply::new(501, "5.5.4", "STARTTLS takes no argument"))
+                        .await;
+                }
+                self.send(&Reply::new(220, "2.0.0", "ready to start TLS"))
+                    .await?;
+                Ok(Step::StartTls)
+            }
             "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
                 count("not_offered");
                 self.refuse(Reply::new(
@@ -296,6 +377,10 @@ where
                 "ENHANCEDSTATUSCODES".into(),
             ],
         };
+        let mut reply = reply;
+        if self.offer_tls {
+            reply.lines.push("STARTTLS".into());
+        }
         self.reply(reply).await
     }
 

@@ -131,6 +131,11 @@ impl Sandbox {
         self.launcher.node_data_dir(node)
     }
 
+    /// The fabric's CA (`ca.pem`) and node certificates.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.launcher.tls_dir()
+    }
+
     pub fn log_path(&self, node: &str) -> PathBuf {
         self.launcher.log_path(node)
     }

@@ -31,7 +31,9 @@ pub async fn kill(data_dir: &Path, node: &str, sig: Signal) -> anyhow::Result<()
             }
             // Return once the process is gone, so its ports are free for `fabric start`.
             let deadline = launcher.topology.timing.shutdown_deadline + Duration::from_secs(2);
-            if !wait_gone(deadline, || node_state(pid, node).is_alive()).await {
+            // The identity was checked above; from here the kernel's word is enough (an exiting
+            // process loses its command line before it becomes a zombie).
+            if !wait_gone(deadline, || fabric::process::proc_state(pid).is_alive()).await {
                 bail!("{node} (pid {pid}) is still alive {deadline:?} after {sig}");
             }
             println!("{node} (pid {pid}): {sig}, exited");

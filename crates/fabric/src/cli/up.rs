@@ -168,12 +168,12 @@ pub async fn stop_all(
     let all_gone = wait_gone(deadline, || {
         reap_quietly(children);
         live.iter()
-            .any(|(name, pid)| node_state(*pid, name).is_alive())
+            .any(|(_, pid)| fabric::process::proc_state(*pid).is_alive())
     })
     .await;
     if !all_gone {
         for (name, pid) in &live {
-            if node_state(*pid, name).is_alive() {
+            if fabric::process::proc_state(*pid).is_alive() {
                 eprintln!("fabric: {name} did not stop within {deadline:?}; SIGKILL");
                 signal(*pid, Signal::SIGKILL)?;
             }
@@ -181,7 +181,7 @@ pub async fn stop_all(
         wait_gone(Duration::from_secs(5), || {
             reap_quietly(children);
             live.iter()
-                .any(|(name, pid)| node_state(*pid, name).is_alive())
+                .any(|(_, pid)| fabric::process::proc_state(*pid).is_alive())
         })
         .await;
     }
