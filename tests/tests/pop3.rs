@@ -53,6 +53,7 @@ async fn poplib_reads_what_smtplib_sent_byte_for_byte() -> anyhow::Result<()> {
         ("SMTP_PORT", smtp_port),
         ("POP_HOST", pop_host),
         ("POP_PORT", pop_port),
+        ("CA", sandbox.tls_dir().join("ca.pem").display().to_string()),
     ];
     let sent = python(
         r#"
@@ -87,9 +88,18 @@ print(json.dumps({"msg": msg.decode()}))
         .clone();
     let r = python(
         r#"
-import json, os, poplib
+import json, os, poplib, socket, ssl
+H, P = os.environ["POP_HOST"], int(os.environ["POP_PORT"])
+ctx = ssl.create_default_context(cafile=os.environ["CA"])
 out = {}
-p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p = poplib.POP3(H, P, timeout=30)
+out["capa_plain"] = sorted(p.capa().keys())
+try:
+    p.user("ann@acme.example")
+    out["plain_login"] = "accepted"
+except poplib.error_proto as e:
+    out["plain_login"] = e.args[0].decode()
+p.stls(context=ctx)
 out["capa"] = sorted(p.capa().keys())
 try:
     p.user("ann@acme.example"); p.pass_("wrong")
@@ -97,7 +107,8 @@ try:
 except poplib.error_proto as e:
     out["wrong"] = e.args[0].decode()
 p.quit()
-p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p = poplib.POP3(H, P, timeout=30)
+p.stls(context=ctx)
 p.user("ann@acme.example")
 out["pass"] = p.pass_("open sesame").decode()
 out["stat"] = list(p.stat())
@@ -112,10 +123,26 @@ except poplib.error_proto as e:
     out["long"] = e.args[0].decode()
 out["dele"] = p.dele(1).decode()
 out["quit"] = p.quit().decode()
-p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p = poplib.POP3(H, P, timeout=30)
+p.stls(context=ctx)
 p.user("ann@acme.example"); p.pass_("open sesame")
 out["after"] = list(p.stat())
 p.quit()
+# Injection: a command in the same packet as STLS is never answered inside TLS.
+sock = socket.create_connection((H, P), timeout=30)
+f = sock.makefile("rb")
+f.readline()
+sock.sendall(b"STLS\r\nCAPA\r\n")
+out["stls_reply"] = f.readline().decode()
+tls = ctx.wrap_socket(sock, server_hostname=H)
+tls.settimeout(1.0)
+try:
+    out["injected_answer"] = tls.recv(200).decode()
+except socket.timeout:
+    out["injected_answer"] = None
+tls.settimeout(10)
+tls.sendall(b"NOOP\r\n")
+out["noop_before_login"] = tls.recv(200).decode()
 print(json.dumps(out))
 "#,
         &env,
@@ -131,7 +158,37 @@ print(json.dumps(out))
             "TOP",
             "UIDL",
             "USER"
-        ])
+        ]),
+        "inside TLS, STLS is no longer offered"
+    );
+    assert!(
+        r["capa_plain"]
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("STLS")))
+    );
+    assert!(
+        r["plain_login"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("-ERR [AUTH]")),
+        "a password before TLS: {}",
+        r["plain_login"]
+    );
+    assert!(
+        r["stls_reply"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("+OK"))
+    );
+    assert_eq!(
+        r["injected_answer"],
+        Value::Null,
+        "the injected CAPA was answered inside TLS"
+    );
+    assert!(
+        r["noop_before_login"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("-ERR")),
+        "{}",
+        r["noop_before_login"]
     );
     assert!(
         r["wrong"]

@@ -39,6 +39,14 @@ async fn main() -> anyhow::Result<()> {
         "{}.{}",
         ctx.node.name, ctx.topology.fabric.name
     )));
+    // STLS with the node's certificate from the fabric's CA; logins wait for it.
+    let acceptor = match node_runtime::tls::server_config(&ctx.tls_dir, &ctx.node.name) {
+        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no certificate: STLS is not offered");
+            None
+        }
+    };
     let readiness = Readiness::default();
     readiness.set(true);
     let sessions = Arc::new(Semaphore::new(MAX_SESSIONS));
@@ -63,14 +71,17 @@ async fn main() -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let (mailboxes, config, sessions) = (mailboxes.clone(), config.clone(), sessions.clone());
+        let acceptor = acceptor.clone();
         ctx.tasks.spawn(async move {
-            let (r, mut w) = stream.into_split();
+            let mut stream = stream;
             let Ok(_permit) = sessions.try_acquire() else {
                 use tokio::io::AsyncWriteExt;
-                let _ = w.write_all(b"-ERR [SYS/TEMP] too many sessions\r\n").await;
+                let _ = stream
+                    .write_all(b"-ERR [SYS/TEMP] too many sessions\r\n")
+                    .await;
                 return;
             };
-            if let Err(e) = pop3::serve(r, w, &config, mailboxes.as_ref()).await {
+            if let Err(e) = pop3::serve(stream, &config, mailboxes.as_ref(), acceptor).await {
                 tracing::debug!(peer = %peer, error = %e, "POP3 session ended with an I/O error");
             }
         });

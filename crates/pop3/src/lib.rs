@@ -102,27 +102,74 @@ fn stuffed(out: &mut Vec<u8>, message: &[u8], max_body_lines: Option<usize>) {
     out.extend_from_slice(b".\r\n");
 }
 
-/// Runs one session until QUIT, the client leaves, or the idle timer fires.
-pub async fn serve<R, W, B>(
-    reader: R,
+/// How a phase of the session ended.
+enum Ended<R, W> {
+    Closed,
+    /// The client sent STLS and got its +OK: the caller does the handshake.
+    StartTls(LineReader<R>, W),
+}
+
+/// Runs one session until QUIT, the client leaves, or the idle timer fires. With an acceptor, STLS
+/// (RFC 2595) is offered and logins wait for it; whatever the client sent after STLS and before the
+/// handshake is thrown away, never read as a command, and CAPA no longer lists STLS inside TLS.
+pub async fn serve<S, B>(
+    stream: S,
+    config: &Config,
+    backend: &B,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    B: Backend,
+{
+    metrics::counter!("fabric_pop3_sessions_total").increment(1);
+    let (r, mut w) = tokio::io::split(stream);
+    w.write_all(format!("+OK {} POP3 server ready\r\n", config.hostname).as_bytes())
+        .await?;
+    let (reader, writer) =
+        match run(LineReader::new(r), w, config, backend, tls.is_some(), false).await? {
+            Ended::Closed => return Ok(()),
+            Ended::StartTls(reader, writer) => (reader, writer),
+        };
+    let Some(acceptor) = tls else {
+        return Ok(());
+    };
+    let (read_half, leftover) = reader.into_parts();
+    if !leftover.is_empty() {
+        refuse("stls_injection");
+    }
+    let secured = match acceptor.accept(read_half.unsplit(writer)).await {
+        Ok(t) => t,
+        Err(e) => {
+            refuse("tls_handshake");
+            tracing::debug!(error = %e, "POP3 TLS handshake failed");
+            return Ok(());
+        }
+    };
+    let (r, w) = tokio::io::split(secured);
+    run(LineReader::new(r), w, config, backend, false, true).await?;
+    Ok(())
+}
+
+async fn run<R, W, B>(
+    mut reader: LineReader<R>,
     mut writer: W,
     config: &Config,
     backend: &B,
-) -> std::io::Result<()>
+    offer_tls: bool,
+    secured: bool,
+) -> std::io::Result<Ended<R, W>>
 where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
     B: Backend,
 {
-    metrics::counter!("fabric_pop3_sessions_total").increment(1);
-    let mut reader = LineReader::new(reader);
+    // Passwords travel only inside TLS when TLS is available.
+    let login_needs_tls = offer_tls && !secured;
     let mut user: Option<String> = None;
     let mut drop: Option<B::Drop> = None;
     let mut deleted: Vec<bool> = Vec::new();
     let mut failures = 0usize;
-    writer
-        .write_all(format!("+OK {} POP3 server ready\r\n", config.hostname).as_bytes())
-        .await?;
     loop {
         let line =
             match tokio::time::timeout(config.idle_timeout, reader.read_line(MAX_COMMAND_LINE))
@@ -133,12 +180,12 @@ where
                     writer
                         .write_all(b"-ERR autologout: idle for too long\r\n")
                         .await?;
-                    return Ok(());
+                    return Ok(Ended::Closed);
                 }
                 Ok(l) => l?,
             };
         let bytes = match line {
-            None => return Ok(()),
+            None => return Ok(Ended::Closed),
             Some(Line::TooLong) => {
                 refuse("line_too_long");
                 writer
@@ -161,12 +208,25 @@ where
         let arg = parts.next().unwrap_or("");
         let mut out: Vec<u8> = Vec::new();
         match (verb.as_str(), drop.as_ref()) {
-            ("CAPA", _) => out.extend_from_slice(
-                b"+OK capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nIMPLEMENTATION Mail-Fabric\r\n.\r\n",
-            ),
+            ("CAPA", _) => {
+                out.extend_from_slice(b"+OK capability list follows\r\nUSER\r\nUIDL\r\nTOP\r\nPIPELINING\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n");
+                if offer_tls {
+                    out.extend_from_slice(b"STLS\r\n");
+                }
+                out.extend_from_slice(b"IMPLEMENTATION Mail-Fabric\r\n.\r\n");
+            }
+            ("STLS", None) if offer_tls => {
+                writer.write_all(b"+OK begin TLS negotiation\r\n").await?;
+                writer.flush().await?;
+                return Ok(Ended::StartTls(reader, writer));
+            }
+            ("USER" | "PASS", None) if login_needs_tls => {
+                refuse("login_before_tls");
+                out.extend_from_slice(b"-ERR [AUTH] log in after STLS\r\n");
+            }
             ("QUIT", None) => {
                 writer.write_all(b"+OK bye\r\n").await?;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             ("QUIT", Some(d)) => {
                 let gone: Vec<i64> = d
@@ -188,7 +248,7 @@ where
                     }
                 };
                 writer.write_all(reply).await?;
-                return Ok(());
+                return Ok(Ended::Closed);
             }
             ("USER", None) => {
                 if arg.is_empty() {
@@ -205,29 +265,36 @@ where
                 }
                 Some(name) => match backend.login(&name, arg).await {
                     Ok(d) => {
-                        metrics::counter!("fabric_pop3_logins_total", "result" => "ok").increment(1);
+                        metrics::counter!("fabric_pop3_logins_total", "result" => "ok")
+                            .increment(1);
                         let total: u64 = d.messages().iter().map(|m| m.size).sum();
                         out.extend_from_slice(
-                            format!("+OK {} has {} messages ({total} octets)\r\n", name, d.messages().len())
-                                .as_bytes(),
+                            format!(
+                                "+OK {} has {} messages ({total} octets)\r\n",
+                                name,
+                                d.messages().len()
+                            )
+                            .as_bytes(),
                         );
                         deleted = vec![false; d.messages().len()];
                         drop = Some(d);
                     }
                     Err(LoginError::Invalid) => {
-                        metrics::counter!("fabric_pop3_logins_total", "result" => "invalid").increment(1);
+                        metrics::counter!("fabric_pop3_logins_total", "result" => "invalid")
+                            .increment(1);
                         failures += 1;
                         tokio::time::sleep(config.auth_failure_delay).await;
                         writer
                             .write_all(b"-ERR [AUTH] invalid user name or password\r\n")
                             .await?;
                         if failures >= config.max_auth_failures {
-                            return Ok(());
+                            return Ok(Ended::Closed);
                         }
                         continue;
                     }
                     Err(LoginError::Unavailable(e)) => {
-                        metrics::counter!("fabric_pop3_logins_total", "result" => "unavailable").increment(1);
+                        metrics::counter!("fabric_pop3_logins_total", "result" => "unavailable")
+                            .increment(1);
                         tracing::warn!(error = %e, "POP3 login could not be checked");
                         out.extend_from_slice(b"-ERR [SYS/TEMP] try again later\r\n");
                     }
@@ -254,7 +321,9 @@ where
                     out.extend_from_slice(b".\r\n");
                 } else {
                     match pick(arg, d.messages(), &deleted) {
-                        Ok((i, m)) => out.extend_from_slice(format!("+OK {}\r\n", show(i, m)).as_bytes()),
+                        Ok((i, m)) => {
+                            out.extend_from_slice(format!("+OK {}\r\n", show(i, m)).as_bytes())
+                        }
                         Err(e) => out.extend_from_slice(e.as_bytes()),
                     }
                 }
@@ -277,7 +346,9 @@ where
                     Err(e) => out.extend_from_slice(e.as_bytes()),
                     Ok((_, m)) => match d.fetch(m.uid).await {
                         Ok(body) => {
-                            out.extend_from_slice(format!("+OK {} octets\r\n", body.len()).as_bytes());
+                            out.extend_from_slice(
+                                format!("+OK {} octets\r\n", body.len()).as_bytes(),
+                            );
                             stuffed(&mut out, &body, lines);
                         }
                         Err(e) => {
