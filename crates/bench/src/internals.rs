@@ -22,7 +22,7 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> f64 {
 /// One line per store: batches committed, mean requests per batch, mean commit time, shipments.
 pub async fn report(launcher: &Launcher) -> Vec<String> {
     let mut lines = Vec::new();
-    for node in &launcher.topology.nodes {
+    for node in launcher.topology.nodes_with_role(topology::Role::Store) {
         let admin = StoreClient::new(launcher.admin_url(node)).with_timeout(Duration::from_secs(5));
         let Ok(resp) = admin
             .raw(Method::GET, "/metrics", &[], Vec::<u8>::new())

@@ -5,6 +5,7 @@
 
 mod internals;
 mod raw;
+mod smtp_load;
 mod store_load;
 
 use std::path::PathBuf;
@@ -50,6 +51,15 @@ struct Args {
     /// Size of each store write's body (the raw rows always write 4 KiB).
     #[arg(long, default_value_t = 4096)]
     body_bytes: usize,
+    /// Messages per round for the SMTP rows (5 rounds of 2,000 make the 10,000).
+    #[arg(long, default_value_t = 2000)]
+    smtp_messages: usize,
+    /// Concurrent SMTP sessions of the load generator.
+    #[arg(long, default_value_t = 20)]
+    smtp_sessions: usize,
+    /// Skip the SMTP rows (fabric vs Postfix).
+    #[arg(long)]
+    no_smtp: bool,
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -170,8 +180,62 @@ async fn run(
             },
         })
         .collect();
+    // The SMTP comparison: Postfix set up beside the fabric, a mailbox for the load.
+    let smtp = if args.no_smtp || !smtp_load::available() && std::env::var_os("CI").is_some() {
+        None
+    } else {
+        let maildir = smtp_load::setup_postfix(&std::env::current_dir()?)?;
+        let mx = launcher
+            .topology
+            .nodes_with_role(topology::Role::InetMx)
+            .next()
+            .context("the topology has no inet-mx")?;
+        let target = mx
+            .service_addr("smtp")
+            .context("inet-mx without smtp port")?
+            .to_string();
+        let user = "ann@acme.example";
+        let home = launcher
+            .topology
+            .mailbox_store(user)
+            .context("no home store for acme.example")?;
+        let dir = launcher
+            .topology
+            .directory_store()
+            .context("no directory store")?;
+        let dir_client = StoreClient::new(format!(
+            "http://{}",
+            dir.service_addr("store").context("store port")?
+        ));
+        dir_client
+            .put_user(
+                user,
+                &serde_json::json!({"password_hash": BENCH_HASH, "notify": "none"}),
+            )
+            .await?;
+        let home_client = StoreClient::new(format!(
+            "http://{}",
+            home.service_addr("store").context("store port")?
+        ))
+        .with_timeout(Duration::from_secs(30));
+        Some((maildir, target, mx.name.clone(), home_client, user))
+    };
+    let mut smtp_rows: [Vec<smtp_load::SmtpSample>; 2] = [Vec::new(), Vec::new()];
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}", args.rounds);
+        if let Some((maildir, target, _, home, user)) = &smtp {
+            // Alternate which system goes first.
+            for k in 0..2 {
+                let which = (round + k) % 2;
+                let sample = if which == 0 {
+                    smtp_load::fabric(target, home, user, args.smtp_messages, args.smtp_sessions)
+                        .await?
+                } else {
+                    smtp_load::postfix(maildir, args.smtp_messages, args.smtp_sessions).await?
+                };
+                smtp_rows[which].push(sample);
+            }
+        }
         let mut i = 0;
         for &w in &args.raw_writers {
             let d = raw_dir.clone();
@@ -190,6 +254,9 @@ async fn run(
         row.median = median(&row.rounds);
     }
     print_table(args, &rows);
+    if let Some((_, _, mx, _, _)) = &smtp {
+        print_smtp_table(args, mx, &smtp_rows);
+    }
     println!();
     println!("store internals over the whole run (from /metrics):");
     for line in internals::report(launcher).await {
@@ -236,6 +303,59 @@ fn print_table(args: &Args, rows: &[Row]) {
             row.median.p99_ms,
             ratio,
             all.join(" ")
+        );
+    }
+}
+
+/// A valid argon2 PHC string for the bench's mailbox (nobody logs in with it).
+const BENCH_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
+
+fn median_of(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn print_smtp_table(args: &Args, mx: &str, rows: &[Vec<smtp_load::SmtpSample>; 2]) {
+    println!();
+    println!(
+        "SMTP: smtp-source -s {} -m {} -l 4096 per round, {} rounds interleaved; medians (msg/s).",
+        args.smtp_sessions, args.smtp_messages, args.rounds
+    );
+    println!(
+        "{:<58} {:>10} {:>12}  rounds accept / end-to-end",
+        "system", "accept", "end-to-end"
+    );
+    let names = [
+        format!("fabric {mx} (250 after fsync on 2 stores) -> mailbox"),
+        "postfix (queue file fsynced before 250) -> Maildir".to_string(),
+    ];
+    let mut medians = [(0.0, 0.0); 2];
+    for (i, name) in names.iter().enumerate() {
+        let acc: Vec<f64> = rows[i].iter().map(|s| s.accept_per_s).collect();
+        let e2e: Vec<f64> = rows[i].iter().map(|s| s.e2e_per_s).collect();
+        medians[i] = (median_of(&acc), median_of(&e2e));
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "{:<58} {:>10.0} {:>12.0}  {} / {}",
+            name,
+            medians[i].0,
+            medians[i].1,
+            fmt(&acc),
+            fmt(&e2e)
+        );
+    }
+    if medians[1].0 > 0.0 && medians[1].1 > 0.0 {
+        println!(
+            "{:<58} {:>9.2}x {:>11.2}x  (goal: 1.5x both)",
+            "fabric / postfix",
+            medians[0].0 / medians[1].0,
+            medians[0].1 / medians[1].1
         );
     }
 }

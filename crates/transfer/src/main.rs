@@ -50,9 +50,13 @@ async fn main() -> anyhow::Result<()> {
             match store.lease("inbound", mover::BATCH, mover::LEASE).await {
                 Ok(items) => {
                     moved += items.len();
-                    for item in &items {
-                        mover.deliver(store, item).await;
+                    // Every leased item at once: their store writes share group commits.
+                    let mut batch = tokio::task::JoinSet::new();
+                    for item in items {
+                        let (mover, store) = (mover.clone(), store.clone());
+                        batch.spawn(async move { mover.deliver(&store, &item).await });
                     }
+                    while batch.join_next().await.is_some() {}
                 }
                 Err(e) => tracing::debug!(store = %name, error = %e, "inbound queue unreachable"),
             }

@@ -94,6 +94,7 @@ impl Mover {
         if rcpts.is_empty() {
             return Err("no recipients in the item's metadata".into());
         }
+        let mut traces = Vec::new();
         for rcpt in &rcpts {
             let (store_name, store) = self
                 .mailbox_store(rcpt)
@@ -102,23 +103,25 @@ impl Mover {
                 .append(rcpt, "INBOX", Some(id), &[], item.body.clone())
                 .await
                 .map_err(|e| format!("appending for {rcpt} on {store_name}: {e}"))?;
-            let detail = format!("{rcpt} INBOX uid {} on {store_name}", w.value.uid);
-            if let Err(e) = store
-                .trace(id, &self.node, "delivered", Some(&detail))
-                .await
-            {
-                tracing::warn!(msg_id = %id, error = %e, "trace not written");
-            }
+            traces.push((
+                store,
+                format!("{rcpt} INBOX uid {} on {store_name}", w.value.uid),
+            ));
         }
+        // The trace, the transfer log and the archive copy do not depend on each other: at once.
+        let trace = async {
+            for (store, detail) in &traces {
+                if let Err(e) = store.trace(id, &self.node, "delivered", Some(detail)).await {
+                    tracing::warn!(msg_id = %id, error = %e, "trace not written");
+                }
+            }
+        };
         let summary = header_summary(&item.body);
-        source
-            .log_transfer(id, "internet", "isolated", &summary)
-            .await
-            .map_err(|e| format!("transfer log: {e}"))?;
-        source
-            .enqueue("archive", Some(id), item.meta.as_ref(), item.body.clone())
-            .await
-            .map_err(|e| format!("archiving: {e}"))?;
+        let log = source.log_transfer(id, "internet", "isolated", &summary);
+        let archive = source.enqueue("archive", Some(id), item.meta.as_ref(), item.body.clone());
+        let ((), logged, archived) = tokio::join!(trace, log, archive);
+        logged.map_err(|e| format!("transfer log: {e}"))?;
+        archived.map_err(|e| format!("archiving: {e}"))?;
         source
             .ack("inbound", item.id, &item.lease)
             .await
