@@ -269,3 +269,72 @@ async fn sigkill_of_the_mail_server_loses_no_message_that_got_a_250() -> anyhow:
     assert!(again.starts_with("250"));
     Ok(())
 }
+
+#[tokio::test]
+async fn an_eicar_attachment_lands_in_quarantine_never_in_the_inbox() -> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let addr = smtp_addr(&sandbox);
+    let (host, port) = addr.rsplit_once(':').context("address")?;
+    let out = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import base64, os, smtplib
+from email.message import EmailMessage
+eicar = base64.b64decode("WDVPIVAlQEFQWzRcUFpYNTQoUF4pN0NDKTd9JEVJQ0FSLVNUQU5EQVJELUFOVElWSVJVUy1URVNULUZJTEUhJEgrSCo=")
+m = EmailMessage()
+m["From"] = "bob@remote.example"; m["To"] = "ann@acme.example"; m["Subject"] = "invoice"
+m.set_content("see attachment")
+m.add_attachment(eicar, maintype="application", subtype="octet-stream", filename="eicar.com")
+s = smtplib.SMTP(os.environ["HOST"], int(os.environ["PORT"]), timeout=30)
+s.send_message(m)
+s.quit()
+"#,
+        )
+        .env("HOST", host)
+        .env("PORT", port)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("python: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let a = common::store(&sandbox, "store-a");
+    testkit::wait_until(
+        "the infected message in Quarantine",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async {
+            a.list_mailbox("ann@acme.example", "Quarantine", None)
+                .await
+                .is_ok_and(|l| l.messages.len() == 1)
+        },
+    )
+    .await?;
+    let inbox = a.list_mailbox("ann@acme.example", "INBOX", None).await;
+    assert!(
+        inbox.map(|l| l.messages.is_empty()).unwrap_or(true),
+        "an infected message reached the INBOX"
+    );
+    let q = a
+        .list_mailbox("ann@acme.example", "Quarantine", None)
+        .await?;
+    let id = q.messages[0].message_id.clone();
+    testkit::wait_until(
+        "the quarantine hop in the trace",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async {
+            a.get_trace(&id, None)
+                .await
+                .is_ok_and(|t| t.to_string().contains("quarantined"))
+        },
+    )
+    .await?;
+    let m = common::metrics(&sandbox, "mx-a").await?;
+    assert_eq!(
+        common::metric_sum(&m, "fabric_inet_mx_infected_total", &[]),
+        1.0
+    );
+    Ok(())
+}

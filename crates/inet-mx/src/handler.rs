@@ -151,7 +151,9 @@ impl Handler for MxHandler {
         let id = uuid::Uuid::now_v7().simple().to_string();
         let mut body = self.received(env, &id).into_bytes();
         body.extend_from_slice(&message);
+        let infected = crate::antivirus::scan(&message);
         let meta: Value = json!({
+            "quarantine": infected,
             "from": env.from.as_ref().map(|a| a.as_string()),
             "rcpts": env.rcpts.iter().map(|a| a.as_string().to_ascii_lowercase()).collect::<Vec<_>>(),
             "helo": env.helo,
@@ -166,6 +168,10 @@ impl Handler for MxHandler {
             {
                 Ok(w) => {
                     metrics::counter!("fabric_inet_mx_accepted_total").increment(1);
+                    if let Some(virus) = infected {
+                        metrics::counter!("fabric_inet_mx_infected_total").increment(1);
+                        tracing::warn!(msg_id = %id, virus, "infected message: it goes to the recipients' Quarantine, never to their INBOX");
+                    }
                     metrics::histogram!("fabric_inet_mx_store_seconds")
                         .record(started.elapsed().as_secs_f64());
                     tracing::info!(msg_id = %id, store = %name, copies = ?w.copies, degraded = w.degraded,

@@ -1,5 +1,6 @@
 //! `fabric-inet-mx`: the fabric's Internet mail server (SMTP).
 
+mod antivirus;
 mod handler;
 
 use std::sync::Arc;

@@ -94,13 +94,18 @@ impl Mover {
         if rcpts.is_empty() {
             return Err("no recipients in the item's metadata".into());
         }
+        // An infected message (marked by the mail server's antivirus) goes to Quarantine only.
+        let (folder, action) = match meta["quarantine"].as_str() {
+            Some(_) => ("Quarantine", "quarantined"),
+            None => ("INBOX", "delivered"),
+        };
         let mut traces = Vec::new();
         for rcpt in &rcpts {
             let (store_name, store) = self
                 .mailbox_store(rcpt)
                 .ok_or_else(|| format!("{rcpt}: no home store for its domain"))?;
             let w = store
-                .append(rcpt, "INBOX", Some(id), &[], item.body.clone())
+                .append(rcpt, folder, Some(id), &[], item.body.clone())
                 .await
                 .map_err(|e| format!("appending for {rcpt} on {store_name}: {e}"))?;
             traces.push((
@@ -111,7 +116,7 @@ impl Mover {
         // The trace, the transfer log and the archive copy do not depend on each other: at once.
         let trace = async {
             for (store, detail) in &traces {
-                if let Err(e) = store.trace(id, &self.node, "delivered", Some(detail)).await {
+                if let Err(e) = store.trace(id, &self.node, action, Some(detail)).await {
                     tracing::warn!(msg_id = %id, error = %e, "trace not written");
                 }
             }
