@@ -1,4 +1,4 @@
-.PHONY: run test build bench promtool down status
+.PHONY: run test build bench promtool tools down status
 CARGO ?= cargo
 TOPOLOGY ?= topology/two-site.toml
 export FABRIC_DATA_DIR ?= $(CURDIR)/var
@@ -16,10 +16,13 @@ status:
 down:
 	@target/debug/fabric down
 
-promtool:
-	@command -v promtool >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
+# Tools the tests drive: promtool (Prometheus) checks /metrics, swaks is an SMTP client nobody here wrote.
+tools:
+	@command -v promtool >/dev/null && command -v swaks >/dev/null && perl -MNet::SSLeay -e1 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus swaks libnet-ssleay-perl libio-socket-ssl-perl)
 
-test: promtool build
+promtool: tools
+
+test: tools build
 	$(CARGO) nextest run --workspace --no-tests=pass
 
 # Raw fsync rate of this disk beside the store's mirrored write rate, in one interleaved run.

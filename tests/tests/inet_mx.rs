@@ -517,3 +517,58 @@ print(json.dumps(out))
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn swaks_delivers_with_and_without_pipelining_and_is_refused_for_strangers()
+-> anyhow::Result<()> {
+    let sandbox = fabric_with_ann().await?;
+    let addr = smtp_addr(&sandbox);
+    let ca = sandbox.tls_dir().join("ca.pem");
+    let swaks = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("swaks")
+            .args(&args)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("swaks must be installed (make test installs it)")?;
+        anyhow::Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
+    };
+    let base = |to: &str| {
+        vec![
+            "--server".to_string(),
+            addr.clone(),
+            "--from".into(),
+            "bob@remote.example".into(),
+            "--to".into(),
+            to.into(),
+            "--helo".into(),
+            "swaks.example".into(),
+        ]
+    };
+    let (code, text) = swaks(base("ann@acme.example")).await?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("<-  250 2.0.0 queued as"), "{text}");
+    let mut piped = base("ann@acme.example");
+    piped.push("--pipeline".into());
+    let (code, text) = swaks(piped).await?;
+    assert_eq!(code, Some(0), "{text}");
+    let mut tls = base("ann@acme.example");
+    tls.extend([
+        "--tls".to_string(),
+        "--tls-verify".into(),
+        "--tls-ca-path".into(),
+        ca.display().to_string(),
+    ]);
+    let (code, text) = swaks(tls).await?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("TLS started"), "{text}");
+    // Relaying for a stranger: refused at RCPT (swaks exits 24 when RCPT fails).
+    let (code, text) = swaks(base("someone@elsewhere.example")).await?;
+    assert_ne!(code, Some(0));
+    assert!(text.contains("<** 550 5.7.1"), "{text}");
+    assert_eq!(inbound_count(&sandbox).await?, 3);
+    Ok(())
+}
