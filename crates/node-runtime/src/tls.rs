@@ -119,3 +119,15 @@ pub fn server_config(dir: &Path, node: &str) -> Result<Arc<rustls::ServerConfig>
     .with_single_cert(certs, key)?;
     Ok(Arc::new(config))
 }
+
+/// A TLS acceptor for this node, or `None` (logged) when it has no certificate: the node then does not
+/// offer STARTTLS/STLS rather than fail.
+pub fn acceptor(ctx: &crate::NodeContext) -> Option<tokio_rustls::TlsAcceptor> {
+    match server_config(&ctx.tls_dir, &ctx.node.name) {
+        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no certificate: TLS is not offered");
+            None
+        }
+    }
+}

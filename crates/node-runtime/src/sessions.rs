@@ -1,0 +1,96 @@
+//! What every protocol listener of a mail role does: bind its port, serve each connection as a task
+//! with a cap on open sessions (the ones over it get the protocol's "busy" line and are closed), and
+//! at shutdown stop accepting and give open sessions the topology's deadline to finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::NodeContext;
+
+/// A cap on the sessions a listener serves at once.
+#[derive(Clone)]
+pub struct SessionLimit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl SessionLimit {
+    pub fn new(max: usize) -> SessionLimit {
+        SessionLimit {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Sessions open now (for `/status`).
+    pub fn in_use(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+}
+
+/// Binds the node's port for `service` (as the topology names it).
+pub async fn bind(ctx: &NodeContext, service: &str) -> anyhow::Result<TcpListener> {
+    let addr = ctx
+        .node
+        .service_addr(service)
+        .with_context(|| format!("the node declares no {service} port"))?;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {service} port {addr}"))
+}
+
+/// Accepts connections until shutdown, each served by `serve` as a task; over `limit`, the client
+/// gets `busy` (the protocol's temporary-failure line) and is closed. Then drains.
+pub async fn accept_until_shutdown<F, Fut>(
+    ctx: &NodeContext,
+    listener: TcpListener,
+    limit: SessionLimit,
+    busy: &'static [u8],
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (serve, permits) = (serve.clone(), limit.permits.clone());
+        ctx.tasks.spawn(async move {
+            let Ok(_permit) = permits.try_acquire() else {
+                metrics::counter!("fabric_sessions_refused_total").increment(1);
+                let _ = stream.write_all(busy).await;
+                return;
+            };
+            if let Err(e) = serve(stream, peer).await {
+                tracing::debug!(peer = %peer, error = %e, "session ended with an I/O error");
+            }
+        });
+    }
+    tracing::info!("stopping: no new sessions; waiting for the open ones");
+    ctx.tasks.close();
+    let deadline = ctx.topology.timing.shutdown_deadline;
+    if tokio::time::timeout(deadline, ctx.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "sessions still open at the deadline; stopping anyway"
+        );
+    }
+}
