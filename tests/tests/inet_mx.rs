@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::smtp_addr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,31 +13,18 @@ use testkit::Sandbox;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
-
+/// The mini fabric with ann@acme.example, and spammer.example on the blocklist.
 async fn fabric_with_ann() -> anyhow::Result<Sandbox> {
-    let sandbox = Sandbox::start("topology/mini.toml").await?;
-    let a = common::store(&sandbox, "store-a");
-    a.put_user(
-        "ann@acme.example",
-        &json!({"password_hash": HASH, "notify": "none"}),
-    )
-    .await?;
-    a.call(
-        store_client::Method::PUT,
-        "/v1/blocklist/spammer.example",
-        &[],
-        bytes::Bytes::new(),
-    )
-    .await?;
+    let sandbox = common::fabric_with_ann().await?;
+    common::store(&sandbox, "store-a")
+        .call(
+            store_client::Method::PUT,
+            "/v1/blocklist/spammer.example",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await?;
     Ok(sandbox)
-}
-
-fn smtp_addr(sandbox: &Sandbox) -> String {
-    sandbox
-        .url("mx-a", "smtp")
-        .trim_start_matches("http://")
-        .to_string()
 }
 
 /// Runs a Python script with `HOST` and `PORT` set; returns what it printed as JSON.

@@ -5,36 +5,15 @@
 
 mod common;
 
+use common::{fabric_with_ann, smtp_addr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
-use serde_json::json;
-use testkit::Sandbox;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
-
-async fn fabric_with_ann() -> anyhow::Result<Sandbox> {
-    let sandbox = Sandbox::start("topology/mini.toml").await?;
-    common::store(&sandbox, "store-a")
-        .put_user(
-            "ann@acme.example",
-            &json!({"password_hash": HASH, "notify": "none"}),
-        )
-        .await?;
-    Ok(sandbox)
-}
-
-fn smtp_addr(sandbox: &Sandbox) -> String {
-    sandbox
-        .url("mx-a", "smtp")
-        .trim_start_matches("http://")
-        .to_string()
-}
 
 /// A minimal SMTP client session: returns the 250 text of DATA, or the failure.
 async fn send_one(addr: &str, subject: &str) -> anyhow::Result<String> {

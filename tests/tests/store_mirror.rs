@@ -9,7 +9,7 @@ use common::store;
 use serde_json::json;
 use testkit::Sandbox;
 
-const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
+use common::HASH;
 
 #[tokio::test]
 async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Result<()> {

@@ -32,8 +32,7 @@ pub struct MxHandler {
 }
 
 fn client(node: &topology::Node) -> Option<StoreClient> {
-    let addr = node.service_addr("store")?;
-    Some(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(30)))
+    StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(30)))
 }
 
 impl MxHandler {

@@ -22,8 +22,7 @@ pub struct Directory {
 }
 
 fn client_of(node: &topology::Node) -> Option<StoreClient> {
-    let addr = node.service_addr("store")?;
-    Some(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(10)))
+    StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(10)))
 }
 
 impl Directory {

@@ -135,6 +135,12 @@ impl StoreClient {
         self
     }
 
+    /// A client for a store node of the topology (`None` if the node has no store port).
+    pub fn for_node(node: &topology::Node) -> Option<StoreClient> {
+        let addr = node.service_addr("store")?;
+        Some(StoreClient::new(format!("http://{addr}")))
+    }
+
     pub fn base(&self) -> &str {
         &self.base
     }

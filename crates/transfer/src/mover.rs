@@ -24,8 +24,7 @@ pub struct Mover {
 }
 
 pub fn client(node: &topology::Node) -> Option<StoreClient> {
-    let addr = node.service_addr("store")?;
-    Some(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(30)))
+    StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(30)))
 }
 
 /// From, To, Subject, Date and Message-ID of a message, for the transfer log.

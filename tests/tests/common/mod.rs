@@ -58,3 +58,26 @@ pub fn mirror_state(report: &Value, mirror: &str) -> Option<String> {
         .find(|m| m["mirror"] == mirror)
         .and_then(|m| m["state"].as_str().map(str::to_string))
 }
+
+/// A valid argon2id PHC string for test users (nobody logs in with it).
+pub const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
+
+/// The mini fabric with the mailbox ann@acme.example in its directory.
+pub async fn fabric_with_ann() -> anyhow::Result<Sandbox> {
+    let sandbox = Sandbox::start("topology/mini.toml").await?;
+    store(&sandbox, "store-a")
+        .put_user(
+            "ann@acme.example",
+            &serde_json::json!({"password_hash": HASH, "notify": "none"}),
+        )
+        .await?;
+    Ok(sandbox)
+}
+
+/// `ADDR:PORT` of the mini fabric's Internet mail server.
+pub fn smtp_addr(sandbox: &Sandbox) -> String {
+    sandbox
+        .url("mx-a", "smtp")
+        .trim_start_matches("http://")
+        .to_string()
+}

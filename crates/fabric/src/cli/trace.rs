@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 use store_client::StoreClient;
 
 fn client(node: &topology::Node) -> Option<StoreClient> {
-    let addr = node.service_addr("store")?;
-    Some(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(10)))
+    StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(10)))
 }
 
 fn clock(at_ms: i64) -> String {
