@@ -5,6 +5,8 @@
 
 mod internals;
 mod raw;
+mod read_load;
+mod reading;
 mod smtp_load;
 mod store_load;
 
@@ -60,6 +62,15 @@ struct Args {
     /// Skip the SMTP rows (fabric vs Postfix).
     #[arg(long)]
     no_smtp: bool,
+    /// Skip the reading rows (intranet IMAP/POP3 vs Dovecot).
+    #[arg(long)]
+    no_read: bool,
+    /// Length of one reading measurement, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    read_seconds: f64,
+    /// Concurrent clients (worker processes) of the reading load.
+    #[arg(long, default_value_t = 20)]
+    read_workers: usize,
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -129,7 +140,13 @@ async fn main() -> anyhow::Result<()> {
         )?;
         children.push((node.name.clone(), child));
     }
+    let pids: std::collections::BTreeMap<String, u32> =
+        children.iter().map(|(n, c)| (n.clone(), c.id())).collect();
     let result = run(&args, &launcher, work.path(), duration).await;
+    let result = match result {
+        Ok(()) if !args.no_read => reading::rows(&args, &launcher, work.path(), &pids).await,
+        other => other,
+    };
     for (_, child) in &mut children {
         let _ = child.kill();
         let _ = child.wait();
