@@ -230,3 +230,72 @@ print(json.dumps(out))
     );
     Ok(())
 }
+
+fn argon2_hash(password: &str) -> anyhow::Result<String> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"another-salt-16b")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string())
+}
+
+/// The intranet server remembers logins argon2 accepted (no argon2 on the next login), but a
+/// password changed in the directory takes effect at once: the old one is refused, the new one works.
+#[tokio::test]
+async fn remembered_logins_never_outlive_a_password_change() -> anyhow::Result<()> {
+    let sandbox = Sandbox::start("topology/mini.toml").await?;
+    let dir = common::store(&sandbox, "store-a");
+    dir.put_user(
+        "ann@acme.example",
+        &json!({"password_hash": argon2_hash("first secret")?, "notify": "none"}),
+    )
+    .await?;
+    let (pop_host, pop_port) = host_port(&sandbox.url("intranet-a", "pop3"));
+    let env = [
+        ("POP_HOST", pop_host),
+        ("POP_PORT", pop_port),
+        ("CA", sandbox.tls_dir().join("ca.pem").display().to_string()),
+    ];
+    let login = r#"
+import json, os, poplib, ssl
+ctx = ssl.create_default_context(cafile=os.environ["CA"])
+out = []
+for pw in os.environ["PASSWORDS"].split(","):
+    p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+    p.stls(context=ctx)
+    p.user("ann@acme.example")
+    try:
+        out.append(p.pass_(pw).decode()[:3])
+    except poplib.error_proto as e:
+        out.append(e.args[0].decode()[:4])
+    p.quit()
+print(json.dumps(out))
+"#;
+    let with = |pws: &str| {
+        let mut e = env.to_vec();
+        e.push(("PASSWORDS", pws.to_string()));
+        e
+    };
+    let r = python(login, &with("first secret,first secret,wrong")).await?;
+    assert_eq!(r, json!(["+OK", "+OK", "-ERR"]));
+    let m = common::metrics(&sandbox, "intranet-a").await?;
+    assert_eq!(
+        common::metric_sum(&m, "fabric_intranet_login_cache_total", &[("result", "hit")]),
+        1.0,
+        "the second login with the same password is a remembered one"
+    );
+    dir.put_user(
+        "ann@acme.example",
+        &json!({"password_hash": argon2_hash("second secret")?, "notify": "none"}),
+    )
+    .await?;
+    let r = python(login, &with("first secret,second secret,second secret")).await?;
+    assert_eq!(
+        r,
+        json!(["-ERR", "+OK", "+OK"]),
+        "the old password is refused as soon as the directory changed"
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! `fabric-intranet`: the customers' mail server on the isolated side (POP3 today).
 
+mod login_cache;
 mod mailbox;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let mailboxes = Arc::new(mailbox::Mailboxes {
         topology: ctx.topology.clone(),
         directory: Directory::new(&ctx.topology),
+        logins: login_cache::LoginCache::default(),
     });
     let config = Arc::new(pop3::Config::new(format!(
         "{}.{}",
