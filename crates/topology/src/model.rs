@@ -155,10 +155,12 @@ pub enum Role {
     Transfer,
     Relay,
     Store,
+    /// The simulated Internet outside the fabric: remote MXes (an SMTP sink) and an SMS gateway.
+    Sink,
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Dns,
         Role::Router,
         Role::Redirector,
@@ -167,6 +169,7 @@ impl Role {
         Role::Transfer,
         Role::Relay,
         Role::Store,
+        Role::Sink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -179,6 +182,7 @@ impl Role {
             Role::Transfer => "transfer",
             Role::Relay => "relay",
             Role::Store => "store",
+            Role::Sink => "sink",
         }
     }
 
@@ -193,6 +197,7 @@ impl Role {
             Role::Store => &["store"],
             Role::InetMx => &["smtp"],
             Role::Intranet => &["pop3", "submission"],
+            Role::Sink => &["smtp", "sms"],
             _ => &[],
         }
     }
