@@ -286,3 +286,46 @@ async fn a_permanent_refusal_bounces_into_the_senders_inbox() -> anyhow::Result<
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_message_older_than_the_maximum_queue_lifetime_bounces_instead_of_waiting_forever()
+-> anyhow::Result<()> {
+    let mut t = topology::Topology::load(testkit::workspace_root().join("topology/mini.toml"))?;
+    t.timing.outbound_retry = Duration::from_secs(1);
+    t.timing.outbound_max_lifetime = Duration::from_secs(3);
+    let sandbox = Sandbox::start_topology(t).await?;
+    add_users(&sandbox, &["ann@acme.example"]).await?;
+    set_mode(&sandbox, "tempfail").await?;
+    submit(
+        &sandbox,
+        "intranet-a",
+        "ann@acme.example",
+        &["x@remote.example"],
+        BODY,
+    )
+    .await?;
+    let inbox = wait_for(
+        &sandbox,
+        "ann@acme.example",
+        "INBOX",
+        1,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let dsn = &inbox[0].1;
+    assert!(
+        dsn.contains("Content-Type: message/delivery-status"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Final-Recipient: rfc822;x@remote.example"),
+        "{dsn}"
+    );
+    // The last answer was the sink's 451 4.3.0: reported as a failure (5.3.0) after the lifetime.
+    assert!(dsn.contains("Status: 5.3.0"), "{dsn}");
+    assert!(dsn.contains("maximum queue lifetime"), "{dsn}");
+    queues_drained(&sandbox).await?;
+    assert!(metric(&sandbox, "mx-a", "fabric_outbound_deferred_total").await >= 1.0);
+    assert!(sink_messages(&sandbox).await?.is_empty());
+    Ok(())
+}
