@@ -83,6 +83,25 @@ enum Command {
         #[command(subcommand)]
         command: BlocklistCommand,
     },
+    /// What the simulated outside world (the sink nodes) received from the fabric.
+    Outside {
+        #[command(subcommand)]
+        command: OutsideCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutsideCommand {
+    /// Mail the fabric delivered to "remote MXes" (the SMTP sink).
+    Messages {
+        #[arg(long)]
+        json: bool,
+    },
+    /// SMS the fabric sent to the SMS gateway sink.
+    Sms {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -247,6 +266,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::directory::blocklist_remove(&data_dir, &entry).await
             }
             BlocklistCommand::List => cli::directory::blocklist_list(&data_dir).await,
+        },
+        Command::Outside { command } => match command {
+            OutsideCommand::Messages { json } => {
+                cli::outside::list(&data_dir, cli::outside::What::Messages, json).await
+            }
+            OutsideCommand::Sms { json } => {
+                cli::outside::list(&data_dir, cli::outside::What::Sms, json).await
+            }
         },
     }
 }

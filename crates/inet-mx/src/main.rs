@@ -1,7 +1,10 @@
 //! `fabric-inet-mx`: the fabric's Internet mail server (SMTP).
 
+// The outside branch moved this file into checks/ (its checks module is not merged yet).
+#[path = "checks/antivirus.rs"]
 mod antivirus;
 mod handler;
+mod outbound;
 
 use std::sync::Arc;
 
@@ -47,6 +50,9 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(move || json!({"sessions": in_use.in_use()})),
     );
     let admin_task = tokio::spawn(admin_server.serve(admin));
+    // Outbound: deliver what customers sent (queue `to-internet`) to remote MXes.
+    let worker = Arc::new(outbound::Worker::new(ctx.topology.clone(), &ctx.node));
+    let outbound_task = tokio::spawn(worker.run(ctx.shutdown.clone()));
     tracing::info!(smtp = %listener.local_addr()?, admin = %ctx.node.admin_addr(), "inet-mx ready");
     sessions::accept_until_shutdown(
         &ctx,
@@ -59,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await;
+    let _ = outbound_task.await;
     admin_task.abort();
     Ok(())
 }

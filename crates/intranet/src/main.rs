@@ -1,7 +1,8 @@
-//! `fabric-intranet`: the customers' mail server on the isolated side (POP3 today).
+//! `fabric-intranet`: the customers' mail server on the isolated side (POP3, submission).
 
 mod login_cache;
 mod mailbox;
+mod submission;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     )));
     // STLS with the node's certificate from the fabric's CA; logins wait for it.
     let acceptor = node_runtime::tls::acceptor(&ctx);
+    let submission = submission::spawn(&ctx, mailboxes.clone(), acceptor.clone()).await?;
     let readiness = Readiness::default();
     readiness.set(true);
     let limit = SessionLimit::new(MAX_SESSIONS);
@@ -60,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await;
+    let _ = submission.await;
     admin_task.abort();
     Ok(())
 }

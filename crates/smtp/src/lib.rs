@@ -5,10 +5,12 @@
 //! - `reader`: CRLF-only lines with hard limits and no unbounded buffering.
 //! - `address`: paths, their limits, and the relay forms refused.
 //! - `reply`: replies with enhanced status codes.
-//! - `session`: the state machine; roles implement [`Handler`].
+//! - `session`: the state machine; roles implement [`Handler`]. In submission mode
+//!   ([`Config::submission`]) it offers AUTH PLAIN/LOGIN (RFC 4954) inside TLS only and MAIL needs an
+//!   authenticated session (`session/auth.rs`).
 //!
 //! Metrics: `fabric_smtp_sessions_total`, `fabric_smtp_replies_total{code}`,
-//! `fabric_smtp_refusals_total{kind}`.
+//! `fabric_smtp_refusals_total{kind}`, `fabric_smtp_auth_total{result}`.
 
 pub mod address;
 pub mod reader;
@@ -17,4 +19,4 @@ pub mod session;
 
 pub use address::{Address, PathError, parse_path};
 pub use reply::Reply;
-pub use session::{Config, Envelope, Handler, serve};
+pub use session::{AuthError, Config, Envelope, Handler, serve};

@@ -60,6 +60,13 @@ pub struct Timing {
     /// How long a node may take to drain on SIGTERM before it exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_deadline: Duration,
+    /// First wait before an outbound message is tried again (connection failure or 4xx); it doubles
+    /// with every attempt, up to an hour.
+    #[serde(with = "humantime_serde")]
+    pub outbound_retry: Duration,
+    /// How long an outbound message may wait for its remote MX before it is bounced to the sender.
+    #[serde(with = "humantime_serde")]
+    pub outbound_max_lifetime: Duration,
 }
 
 impl Default for Timing {
@@ -70,6 +77,8 @@ impl Default for Timing {
             archive_retention: Duration::from_secs(15 * 24 * 3600),
             mirror_timeout: Duration::from_secs(2),
             shutdown_deadline: Duration::from_secs(10),
+            outbound_retry: Duration::from_secs(60),
+            outbound_max_lifetime: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -146,10 +155,12 @@ pub enum Role {
     Transfer,
     Relay,
     Store,
+    /// The simulated Internet outside the fabric: remote MXes (an SMTP sink) and an SMS gateway.
+    Sink,
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 9] = [
         Role::Dns,
         Role::Router,
         Role::Redirector,
@@ -158,6 +169,7 @@ impl Role {
         Role::Transfer,
         Role::Relay,
         Role::Store,
+        Role::Sink,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -170,6 +182,7 @@ impl Role {
             Role::Transfer => "transfer",
             Role::Relay => "relay",
             Role::Store => "store",
+            Role::Sink => "sink",
         }
     }
 
@@ -183,7 +196,8 @@ impl Role {
         match self {
             Role::Store => &["store"],
             Role::InetMx => &["smtp"],
-            Role::Intranet => &["pop3"],
+            Role::Intranet => &["pop3", "submission"],
+            Role::Sink => &["smtp", "sms"],
             _ => &[],
         }
     }

@@ -161,6 +161,17 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                     ));
                 }
             }
+            if role == Role::Sink
+                && !n.zones.iter().any(|zname| {
+                    t.zones
+                        .iter()
+                        .any(|z| &z.name == zname && z.kind == ZoneKind::Internet)
+                })
+            {
+                p.push(format!(
+                    "{at} field \"zones\": a sink node simulates the Internet and must be in an Internet-kind zone"
+                ));
+            }
             if role != Role::Store && n.quota_bytes.is_some() {
                 p.push(format!(
                     "{at} field \"quota_bytes\": only stores have a quota"

@@ -161,3 +161,29 @@ fn offset_ports_moves_every_port() {
     let again = Topology::parse(&text, Path::new("relocated.toml")).expect("round-trips");
     assert_eq!(again.node("store-b").expect("store-b").ports["store"], 7400);
 }
+
+#[test]
+fn sink_must_be_in_an_internet_zone() {
+    let two = Topology::load(root().join("topology/two-site.toml")).expect("two-site loads");
+    let sink = two
+        .nodes_with_role(Role::Sink)
+        .next()
+        .expect("two-site has a sink node");
+    assert_eq!(sink.name, "outside");
+    assert_eq!(Role::Sink.required_ports(), &["smtp", "sms"]);
+    // The same node moved into the west LAN: refused, naming the node and the field.
+    let text = two_site_text().replace(
+        "zones = [\"internet\"]\naddress = \"127.10.9.1\"",
+        "zones = [\"lan-west\"]\naddress = \"127.1.9.1\"",
+    );
+    assert_problem(
+        &text,
+        &["node \"outside\"", "field \"zones\"", "Internet-kind zone"],
+    );
+    // And without its sms port.
+    let text = two_site_text().replace(
+        "ports = { smtp = 2525, sms = 8025 }",
+        "ports = { smtp = 2525 }",
+    );
+    assert_problem(&text, &["node \"outside\"", "ports.sms", "sink"]);
+}

@@ -1,7 +1,9 @@
 //! `fabric-transfer`: moves mail from the Internet side's `inbound` queues into mailboxes on the
-//! isolated side, through the stores of its site.
+//! isolated side, and customers' `outbound` mail to the Internet side's `to-internet` queue, through
+//! the stores of its site.
 
 mod mover;
+mod outbound;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,18 @@ async fn main() -> anyhow::Result<()> {
                     while batch.join_next().await.is_some() {}
                 }
                 Err(e) => tracing::debug!(store = %name, error = %e, "inbound queue unreachable"),
+            }
+            match store.lease("outbound", mover::BATCH, mover::LEASE).await {
+                Ok(items) => {
+                    moved += items.len();
+                    let mut batch = tokio::task::JoinSet::new();
+                    for item in items {
+                        let (mover, store, name) = (mover.clone(), store.clone(), name.clone());
+                        batch.spawn(async move { mover.forward(&name, &store, &item).await });
+                    }
+                    while batch.join_next().await.is_some() {}
+                }
+                Err(e) => tracing::debug!(store = %name, error = %e, "outbound queue unreachable"),
             }
         }
         if last_sweep.elapsed() >= sweep {

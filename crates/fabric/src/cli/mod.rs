@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod directory;
+pub mod outside;
 pub mod status;
 pub mod trace;
 pub mod up;

@@ -15,7 +15,10 @@ use crate::address::{Address, PathError, parse_path};
 use crate::reader::{Line, LineReader};
 use crate::reply::Reply;
 
+mod auth;
 mod data;
+
+pub use auth::AuthError;
 
 /// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -37,6 +40,11 @@ pub struct Config {
     pub data_timeout: Duration,
     /// After this many refused commands the session is closed.
     pub max_errors: usize,
+    /// Submission mode (RFC 6409 with RFC 4954): AUTH PLAIN and LOGIN are offered, only inside TLS,
+    /// and MAIL needs an authenticated session. Off (the Internet mail server), AUTH is not offered.
+    pub submission: bool,
+    /// Pause before answering a wrong password (slows guessing).
+    pub auth_failure_delay: Duration,
 }
 
 impl Config {
@@ -48,6 +56,8 @@ impl Config {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
+            submission: false,
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }
@@ -62,6 +72,8 @@ pub struct Envelope {
     pub rcpts: Vec<Address>,
     /// Whether the session runs inside TLS.
     pub tls: bool,
+    /// The identity the client authenticated as (submission mode), as the handler returned it.
+    pub auth: Option<String>,
 }
 
 /// The role's part of a session.
@@ -81,6 +93,15 @@ pub trait Handler: Send + Sync {
     /// The end of DATA: the message (dot-unstuffed, CRLF line ends) for the envelope. The reply is
     /// sent as is: 250 only once the message is safe.
     fn deliver(&self, env: &Envelope, message: Vec<u8>) -> impl Future<Output = Reply> + Send;
+    /// AUTH (submission mode only): checks a user name and password; `Ok(identity)` when they match.
+    /// The default refuses everyone (a role without submission never gets here).
+    fn authenticate(
+        &self,
+        _user: &str,
+        _password: &str,
+    ) -> impl Future<Output = Result<String, AuthError>> + Send {
+        async { Err(AuthError::Invalid) }
+    }
 }
 
 fn count(kind: &'static str) {
@@ -189,6 +210,7 @@ where
                 from: None,
                 rcpts: Vec::new(),
                 tls: secured,
+                auth: None,
             },
             greeted: false,
             in_transaction: false,
@@ -335,6 +357,7 @@ where
                     .await?;
                 Ok(Step::StartTls)
             }
+            "AUTH" if self.config.submission => self.auth(arg).await,
             "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
                 count("not_offered");
                 self.refuse(Reply::new(
@@ -383,6 +406,10 @@ where
         if self.offer_tls {
             reply.lines.push("STARTTLS".into());
         }
+        // RFC 4954 section 4 with RFC 3207: no AUTH offered over a cleartext channel.
+        if self.config.submission && self.env.tls && self.env.auth.is_none() {
+            reply.lines.push("AUTH PLAIN LOGIN".into());
+        }
         self.reply(reply).await
     }
 
@@ -424,6 +451,12 @@ where
             count("bad_sequence");
             return self
                 .refuse(Reply::new(503, "5.5.1", "MAIL already given; RSET first"))
+                .await;
+        }
+        if self.config.submission && self.env.auth.is_none() {
+            count("auth_required");
+            return self
+                .refuse(Reply::new(530, "5.7.0", "Authentication required"))
                 .await;
         }
         let Some(path) = strip_prefix_ci(arg, "FROM:") else {
