@@ -183,7 +183,7 @@ impl Role {
         match self {
             Role::Store => &["store"],
             Role::InetMx => &["smtp"],
-            Role::Intranet => &["pop3"],
+            Role::Intranet => &["pop3", "imap"],
             _ => &[],
         }
     }
