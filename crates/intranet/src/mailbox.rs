@@ -64,7 +64,7 @@ impl Mailboxes {
         }
     }
 
-    fn store_of(&self, address: &str) -> Result<StoreClient, LoginError> {
+    pub fn store_of(&self, address: &str) -> Result<StoreClient, LoginError> {
         let node = self
             .topology
             .mailbox_store(address)

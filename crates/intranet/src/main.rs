@@ -1,5 +1,6 @@
-//! `fabric-intranet`: the customers' mail server on the isolated side (POP3, submission).
+//! `fabric-intranet`: the customers' mail server on the isolated side (POP3, IMAP, submission).
 
+mod imap_backend;
 mod login_cache;
 mod mailbox;
 mod submission;
@@ -23,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
     let ctx = NodeContext::init(&args, Role::Intranet)?;
     let pop3_listener = sessions::bind(&ctx, "pop3").await?;
+    let imap_listener = sessions::bind(&ctx, "imap").await?;
     let admin = TcpListener::bind(ctx.node.admin_addr())
         .await
         .with_context(|| format!("binding the admin port {}", ctx.node.admin_addr()))?;
@@ -49,8 +51,15 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(move || json!({"sessions": in_use.in_use()})),
     );
     let admin_task = tokio::spawn(admin_server.serve(admin));
-    tracing::info!(pop3 = %pop3_listener.local_addr()?, "intranet ready");
-    sessions::accept_until_shutdown(
+    tracing::info!(pop3 = %pop3_listener.local_addr()?, imap = %imap_listener.local_addr()?, "intranet ready");
+    let imap = imap_backend::listen(
+        &ctx,
+        imap_listener,
+        limit.clone(),
+        mailboxes.clone(),
+        acceptor.clone(),
+    );
+    let pop3 = sessions::accept_until_shutdown(
         &ctx,
         pop3_listener,
         limit,
@@ -60,8 +69,8 @@ async fn main() -> anyhow::Result<()> {
                 (mailboxes.clone(), config.clone(), acceptor.clone());
             async move { pop3::serve(stream, &config, mailboxes.as_ref(), acceptor).await }
         },
-    )
-    .await;
+    );
+    tokio::join!(pop3, imap);
     let _ = submission.await;
     admin_task.abort();
     Ok(())

@@ -183,6 +183,27 @@ impl StoreClient {
         written(&self.base, resp)
     }
 
+    /// Like [`StoreClient::append`], with the message's internal date (IMAP APPEND's date-time).
+    pub async fn append_dated(
+        &self,
+        user: &str,
+        folder: &str,
+        flags: &[&str],
+        internal_date_ms: Option<i64>,
+        body: impl Into<Bytes>,
+    ) -> Result<Written<Appended>, ClientError> {
+        let mut headers = Vec::new();
+        if !flags.is_empty() {
+            headers.push(("x-fabric-flags", flags.join(" ")));
+        }
+        if let Some(ms) = internal_date_ms {
+            headers.push(("x-fabric-internal-date-ms", ms.to_string()));
+        }
+        let path = format!("/v1/mailboxes/{}/{}", segment(user), segment(folder));
+        let resp = self.call(Method::POST, &path, &headers, body).await?;
+        written(&self.base, resp)
+    }
+
     pub async fn list_mailbox(
         &self,
         user: &str,
@@ -221,6 +242,46 @@ impl StoreClient {
             origin_param(origin, '?')
         );
         Ok(self.call(Method::GET, &path, &[], Bytes::new()).await?.body)
+    }
+
+    /// Several messages of a folder in one request (at most 1000 UIDs): `(uid, bytes)` in UID order;
+    /// UIDs that are not there are left out.
+    pub async fn fetch_many(
+        &self,
+        user: &str,
+        folder: &str,
+        uids: &[i64],
+    ) -> Result<Vec<(i64, Bytes)>, ClientError> {
+        let list: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
+        let path = format!(
+            "/v1/mailboxes/{}/{}/bodies?uids={}",
+            segment(user),
+            segment(folder),
+            list.join(",")
+        );
+        let body = self.call(Method::GET, &path, &[], Bytes::new()).await?.body;
+        let bad = |message: &str| ClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            message: message.to_string(),
+        };
+        let mut out = Vec::with_capacity(uids.len());
+        let mut at = 0usize;
+        while at < body.len() {
+            let nl = body[at..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .ok_or_else(|| bad("a message without its UID line"))?;
+            let line = std::str::from_utf8(&body[at..at + nl]).map_err(|_| bad("UID line"))?;
+            let (uid, len) = line.split_once(' ').ok_or_else(|| bad("UID line"))?;
+            let uid: i64 = uid.parse().map_err(|_| bad("UID"))?;
+            let len: usize = len.parse().map_err(|_| bad("size"))?;
+            let start = at + nl + 1;
+            let end = start.checked_add(len).filter(|e| *e <= body.len());
+            let end = end.ok_or_else(|| bad("truncated message"))?;
+            out.push((uid, body.slice(start..end)));
+            at = end;
+        }
+        Ok(out)
     }
 
     pub async fn set_flags(

@@ -196,7 +196,7 @@ impl Role {
         match self {
             Role::Store => &["store"],
             Role::InetMx => &["smtp"],
-            Role::Intranet => &["pop3", "submission"],
+            Role::Intranet => &["pop3", "imap", "submission"],
             Role::Sink => &["smtp", "sms"],
             _ => &[],
         }

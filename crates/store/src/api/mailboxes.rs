@@ -1,4 +1,5 @@
-//! `/v1/mailboxes`: append (exactly once per message id), list with UIDs and UIDVALIDITY, fetch, flags,
+//! `/v1/mailboxes`: append (exactly once per message id), list with UIDs and UIDVALIDITY, fetch (one or
+//! several messages), flags,
 //! expunge.
 
 use axum::body::Body;
@@ -197,6 +198,58 @@ pub async fn fetch(
     if let Ok(v) = HeaderValue::from_str(&row.try_get::<String, _>("message_id")?) {
         resp.headers_mut().insert("x-fabric-message-id", v);
     }
+    Ok(resp)
+}
+
+/// UIDs one `bodies` request may ask for.
+const MAX_BATCH_UIDS: usize = 1000;
+
+/// `GET .../bodies?uids=1,2,3`: several messages in one answer, for IMAP FETCH. The body is, for
+/// each message found (in UID order), the line `UID SIZE\n` and then SIZE bytes of the message.
+pub async fn fetch_many(
+    State(store): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<Params>, QueryRejection>,
+) -> Result<Response, StoreError> {
+    let (user, folder) = path(p)?;
+    let q = query(q)?;
+    let uids = q
+        .get("uids")
+        .map(String::as_str)
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_id("uid", s))
+        .collect::<Result<Vec<i64>, _>>()?;
+    if uids.len() > MAX_BATCH_UIDS {
+        return Err(StoreError::BadRequest(format!(
+            "at most {MAX_BATCH_UIDS} UIDs per request"
+        )));
+    }
+    let db = read_db(&store, &q)?;
+    let mut out: Vec<u8> = Vec::new();
+    if !uids.is_empty() {
+        let marks = vec!["?"; uids.len()].join(",");
+        let sql = format!(
+            "SELECT uid, body FROM messages WHERE user = ? AND folder = ? AND uid IN ({marks}) ORDER BY uid"
+        );
+        let mut query = sqlx::query(&sql).bind(&user).bind(&folder);
+        for uid in &uids {
+            query = query.bind(*uid);
+        }
+        for r in query.fetch_all(&db).await? {
+            let body: Vec<u8> = r.try_get("body")?;
+            out.extend_from_slice(
+                format!("{} {}\n", r.try_get::<i64, _>("uid")?, body.len()).as_bytes(),
+            );
+            out.extend_from_slice(&body);
+        }
+    }
+    let mut resp = (StatusCode::OK, out).into_response();
+    resp.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
     Ok(resp)
 }
 

@@ -52,6 +52,10 @@ pub fn router(store: Shared) -> Router {
             "/v1/mailboxes/{user}/{folder}/expunge",
             post(mailboxes::expunge),
         )
+        .route(
+            "/v1/mailboxes/{user}/{folder}/bodies",
+            get(mailboxes::fetch_many),
+        )
         .route("/v1/mailboxes/{user}/{folder}/{uid}", get(mailboxes::fetch))
         .route(
             "/v1/mailboxes/{user}/{folder}/{uid}/flags",

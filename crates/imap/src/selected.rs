@@ -1,0 +1,672 @@
+//! SELECT/EXAMINE, the selected state's commands (FETCH, STORE, SEARCH, EXPUNGE, CLOSE, UNSELECT),
+//! APPEND, IDLE, and the untagged updates of RFC 3501 7.4.1 / 5.2.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::core::Charset;
+use imap_codec::imap_types::fetch::MessageDataItemName;
+use imap_codec::imap_types::flag::{StoreResponse, StoreType};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::framing::{Line, Reader};
+use crate::session::{Cached, Flow, Selected, Session, no};
+use crate::{Account, Backend, FlagOp, MAX_COMMAND_LINE, fetch, mime, refuse, search, seqset};
+
+/// Messages asked of the store in one request.
+const BATCH: usize = 100;
+/// Message bytes a session keeps cached.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Bytes of response buffered before writing.
+const FLUSH_AT: usize = 256 * 1024;
+
+impl<B: Backend> Session<'_, B> {
+    pub(crate) async fn select(
+        &mut self,
+        tag: &str,
+        name: &str,
+        read_only: bool,
+        out: &mut Vec<u8>,
+    ) {
+        self.selected = None;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        let listing = match self.account() {
+            Ok(a) => a.list(name).await,
+            Err(e) => Err(e),
+        };
+        let listing = match listing {
+            Ok(l) => l,
+            Err(e) => {
+                out.extend_from_slice(format!("{tag} {}\r\n", no(&e)).as_bytes());
+                return;
+            }
+        };
+        let n = listing.messages.len();
+        let first_unseen = listing
+            .messages
+            .iter()
+            .position(|m| !m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")));
+        out.extend_from_slice(b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n");
+        if read_only {
+            out.extend_from_slice(b"* OK [PERMANENTFLAGS ()] Read-only mailbox\r\n");
+        } else {
+            out.extend_from_slice(
+                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted\r\n",
+            );
+        }
+        out.extend_from_slice(format!("* {n} EXISTS\r\n* 0 RECENT\r\n").as_bytes());
+        if let Some(i) = first_unseen {
+            out.extend_from_slice(format!("* OK [UNSEEN {}] First unseen\r\n", i + 1).as_bytes());
+        }
+        out.extend_from_slice(
+            format!(
+                "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] Predicted next UID\r\n",
+                listing.uidvalidity, listing.uidnext
+            )
+            .as_bytes(),
+        );
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        out.extend_from_slice(format!("{tag} OK [{mode}] {verb} completed\r\n").as_bytes());
+        self.selected = Some(Selected {
+            name: name.to_string(),
+            read_only,
+            uidvalidity: listing.uidvalidity,
+            uidnext: listing.uidnext,
+            msgs: listing.messages,
+        });
+    }
+
+    /// Looks at the folder again and reports what changed: EXISTS for new mail, FETCH FLAGS for
+    /// changed flags, and (when `allow_expunge`) EXPUNGE for messages gone. While EXPUNGE is not
+    /// allowed (RFC 3501 7.4.1) messages gone stay in the view.
+    pub(crate) async fn refresh(&mut self, out: &mut Vec<u8>, allow_expunge: bool) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let listing = match self.account() {
+            Ok(a) => a.list(&sel.name).await,
+            Err(e) => Err(e),
+        };
+        let Ok(listing) = listing else {
+            return;
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        if listing.uidvalidity != sel.uidvalidity {
+            // The folder was created again underneath us: the client must start over.
+            out.extend_from_slice(
+                format!(
+                    "* OK [UIDVALIDITY {}] UIDs changed\r\n",
+                    listing.uidvalidity
+                )
+                .as_bytes(),
+            );
+            sel.uidvalidity = listing.uidvalidity;
+        }
+        let fresh = listing.messages;
+        if allow_expunge {
+            let mut i = sel.msgs.len();
+            while i > 0 {
+                i -= 1;
+                let uid = sel.msgs[i].uid;
+                if fresh.binary_search_by_key(&uid, |m| m.uid).is_err() {
+                    sel.msgs.remove(i);
+                    self.cache.remove(&uid);
+                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                }
+            }
+        }
+        for (i, m) in sel.msgs.iter_mut().enumerate() {
+            if let Ok(j) = fresh.binary_search_by_key(&m.uid, |f| f.uid) {
+                if fresh[j].flags != m.flags {
+                    m.flags = fresh[j].flags.clone();
+                    out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+                    fetch::flags(out, &m.flags);
+                    out.extend_from_slice(b")\r\n");
+                }
+            }
+        }
+        let last = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
+        let before = sel.msgs.len();
+        sel.msgs.extend(fresh.into_iter().filter(|m| m.uid > last));
+        sel.uidnext = listing.uidnext.max(sel.uidnext);
+        if sel.msgs.len() != before {
+            out.extend_from_slice(format!("* {} EXISTS\r\n", sel.msgs.len()).as_bytes());
+        }
+    }
+
+    pub(crate) async fn append(
+        &mut self,
+        tag: &str,
+        name: &str,
+        flags: Vec<String>,
+        date: Option<i64>,
+        body: Vec<u8>,
+        out: &mut Vec<u8>,
+    ) {
+        let exists = match self.account() {
+            Ok(a) => a.folders().await.map(|f| f.iter().any(|f| f.name == name)),
+            Err(e) => Err(e),
+        };
+        match exists {
+            Ok(true) => {}
+            Ok(false) => {
+                out.extend_from_slice(
+                    format!("{tag} NO [TRYCREATE] No such mailbox\r\n").as_bytes(),
+                );
+                return;
+            }
+            Err(e) => {
+                out.extend_from_slice(format!("{tag} {}\r\n", no(&e)).as_bytes());
+                return;
+            }
+        }
+        if body.len() as u64 > self.config.max_append {
+            refuse("append_too_big");
+            out.extend_from_slice(format!("{tag} NO [TOOBIG] Message too large\r\n").as_bytes());
+            return;
+        }
+        let result = match self.account() {
+            Ok(a) => a.append(name, &flags, date, body).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(appended) => {
+                tracing::info!(user = %self.user, folder = %name, uid = appended.uid, "IMAP APPEND stored");
+                if self.selected.as_ref().is_some_and(|s| s.name == name) {
+                    self.refresh(out, false).await;
+                }
+                out.extend_from_slice(format!("{tag} OK APPEND completed\r\n").as_bytes());
+            }
+            Err(e) => out.extend_from_slice(format!("{tag} {}\r\n", no(&e)).as_bytes()),
+        }
+    }
+
+    /// RFC 2177: reports changes about every `idle_poll` until the client sends DONE.
+    pub(crate) async fn idle<R, W>(
+        &mut self,
+        tag: &str,
+        reader: &mut Reader<R>,
+        writer: &mut W,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<Flow>
+    where
+        R: AsyncRead + Unpin + Send,
+        W: AsyncWrite + Unpin + Send,
+    {
+        writer.write_all(b"+ idling\r\n").await?;
+        writer.flush().await?;
+        let deadline = tokio::time::Instant::now() + self.config.idle_timeout;
+        loop {
+            let line = tokio::select! {
+                l = reader.read_line(MAX_COMMAND_LINE) => l?,
+                _ = tokio::time::sleep(self.config.idle_poll) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        refuse("timeout");
+                        writer.write_all(b"* BYE Autologout; idle for too long\r\n").await?;
+                        return Ok(Flow::Logout);
+                    }
+                    let mut updates = Vec::new();
+                    self.refresh(&mut updates, true).await;
+                    if !updates.is_empty() {
+                        writer.write_all(&updates).await?;
+                        writer.flush().await?;
+                    }
+                    continue;
+                }
+            };
+            match line {
+                None => return Ok(Flow::Logout),
+                Some(Line::Complete(l)) if l.trim_ascii().eq_ignore_ascii_case(b"DONE") => {
+                    out.extend_from_slice(format!("{tag} OK IDLE terminated\r\n").as_bytes());
+                }
+                Some(_) => {
+                    refuse("idle_syntax");
+                    out.extend_from_slice(format!("{tag} BAD Expected DONE\r\n").as_bytes());
+                }
+            }
+            return Ok(Flow::Continue);
+        }
+    }
+
+    pub(crate) async fn selected_command<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        tag: &str,
+        body: CommandBody<'_>,
+        writer: &mut W,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        match body {
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+            } => {
+                let items = fetch::items(&macro_or_item_names);
+                let msgs = self
+                    .selected
+                    .as_ref()
+                    .map(|s| s.msgs.as_slice())
+                    .unwrap_or(&[]);
+                match seqset::resolve(&sequence_set, msgs, uid) {
+                    None => {
+                        refuse("bad_sequence");
+                        out.extend_from_slice(
+                            format!("{tag} BAD Invalid message sequence number\r\n").as_bytes(),
+                        );
+                    }
+                    Some(indices) => {
+                        self.fetch(tag, &indices, &items, uid, writer, out).await?;
+                    }
+                }
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+            } => {
+                let msgs = self
+                    .selected
+                    .as_ref()
+                    .map(|s| s.msgs.as_slice())
+                    .unwrap_or(&[]);
+                let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+                match seqset::resolve(&sequence_set, msgs, uid) {
+                    None => {
+                        refuse("bad_sequence");
+                        out.extend_from_slice(
+                            format!("{tag} BAD Invalid message sequence number\r\n").as_bytes(),
+                        );
+                    }
+                    Some(_) if read_only => {
+                        out.extend_from_slice(
+                            format!("{tag} NO [READ-ONLY] Mailbox is read-only\r\n").as_bytes(),
+                        );
+                    }
+                    Some(indices) => {
+                        let op = match kind {
+                            StoreType::Add => FlagOp::Add,
+                            StoreType::Remove => FlagOp::Remove,
+                            StoreType::Replace => FlagOp::Replace,
+                        };
+                        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+                        let silent = matches!(response, StoreResponse::Silent);
+                        self.store(tag, &indices, op, &flags, silent, uid, out)
+                            .await;
+                    }
+                }
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                let charset_ok = charset.as_ref().is_none_or(|c| {
+                    let c = match c {
+                        Charset::Atom(a) => a.as_ref().to_ascii_uppercase(),
+                        Charset::Quoted(q) => q.as_ref().to_ascii_uppercase(),
+                    };
+                    c == "US-ASCII" || c == "UTF-8"
+                });
+                if !charset_ok {
+                    out.extend_from_slice(
+                        format!("{tag} NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset\r\n")
+                            .as_bytes(),
+                    );
+                } else {
+                    self.search(tag, &criteria, uid, out).await;
+                }
+            }
+            CommandBody::Expunge => {
+                let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+                if read_only {
+                    out.extend_from_slice(
+                        format!("{tag} NO [READ-ONLY] Mailbox is read-only\r\n").as_bytes(),
+                    );
+                } else {
+                    match self.expunge_deleted().await {
+                        Ok(()) => {
+                            self.refresh(out, true).await;
+                            out.extend_from_slice(
+                                format!("{tag} OK EXPUNGE completed\r\n").as_bytes(),
+                            );
+                        }
+                        Err(e) => out.extend_from_slice(format!("{tag} {e}\r\n").as_bytes()),
+                    }
+                }
+            }
+            CommandBody::Close => {
+                let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+                let result = if read_only {
+                    Ok(())
+                } else {
+                    self.expunge_deleted().await
+                };
+                self.selected = None;
+                match result {
+                    Ok(()) => {
+                        out.extend_from_slice(format!("{tag} OK CLOSE completed\r\n").as_bytes())
+                    }
+                    Err(e) => out.extend_from_slice(format!("{tag} {e}\r\n").as_bytes()),
+                }
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                out.extend_from_slice(format!("{tag} OK UNSELECT completed\r\n").as_bytes());
+            }
+            _ => {
+                refuse("unsupported");
+                out.extend_from_slice(
+                    format!("{tag} NO [CANNOT] Not supported here\r\n").as_bytes(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the messages of the view flagged `\Deleted` from the store.
+    async fn expunge_deleted(&mut self) -> Result<(), String> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(());
+        };
+        let uids: Vec<u32> = sel
+            .msgs
+            .iter()
+            .filter(|m| m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Deleted")))
+            .map(|m| m.uid)
+            .collect();
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let account = self.account().map_err(|e| no(&e))?;
+        match account.expunge(&sel.name, &uids).await {
+            Ok(gone) => {
+                tracing::info!(user = %self.user, folder = %sel.name, expunged = gone.len(), "IMAP EXPUNGE");
+                Ok(())
+            }
+            Err(e) => Err(no(&e)),
+        }
+    }
+
+    /// Bodies (and structures, with `parse`) of these messages: from the cache, the rest from the
+    /// store in one request.
+    async fn bodies(
+        &mut self,
+        uids: &[u32],
+        parse: bool,
+    ) -> Result<Vec<Option<Arc<Cached>>>, String> {
+        let folder = match self.selected.as_ref() {
+            Some(s) => s.name.clone(),
+            None => return Ok(vec![None; uids.len()]),
+        };
+        let missing: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|u| !self.cache.contains_key(u))
+            .collect();
+        let mut fetched: Vec<(u32, Bytes)> = Vec::new();
+        if !missing.is_empty() {
+            let account = self.account().map_err(|e| no(&e))?;
+            fetched = account.fetch(&folder, &missing).await.map_err(|e| no(&e))?;
+        }
+        metrics::counter!("fabric_imap_fetched_messages_total").increment(fetched.len() as u64);
+        let mut fresh: std::collections::HashMap<u32, Arc<Cached>> = fetched
+            .into_iter()
+            .map(|(uid, raw)| (uid, Arc::new(Cached { raw, parsed: None })))
+            .collect();
+        let mut result = Vec::with_capacity(uids.len());
+        for uid in uids {
+            let entry = self.cache.get(uid).cloned().or_else(|| fresh.remove(uid));
+            let entry = match entry {
+                Some(e) if parse && e.parsed.is_none() => {
+                    let parsed = Arc::new(mime::parse(&e.raw));
+                    let e = Arc::new(Cached {
+                        raw: e.raw.clone(),
+                        parsed: Some(parsed),
+                    });
+                    Some(e)
+                }
+                other => other,
+            };
+            if let Some(e) = &entry {
+                if parse && !self.cache.contains_key(uid)
+                    || parse && self.cache.get(uid).is_some_and(|c| c.parsed.is_none())
+                {
+                    if self.cache_bytes + e.raw.len() > CACHE_BYTES {
+                        self.cache.clear();
+                        self.cache_bytes = 0;
+                    }
+                    self.cache_bytes += e.raw.len();
+                    self.cache.insert(*uid, e.clone());
+                }
+            }
+            result.push(entry);
+        }
+        Ok(result)
+    }
+
+    async fn fetch<W: AsyncWrite + Unpin + Send>(
+        &mut self,
+        tag: &str,
+        indices: &[usize],
+        items: &[MessageDataItemName<'_>],
+        uid: bool,
+        writer: &mut W,
+        out: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        let need_body = items.iter().any(fetch::needs_body);
+        let need_parse = items.iter().any(fetch::needs_parse);
+        let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
+        let sets_seen = !read_only && items.iter().any(fetch::sets_seen);
+        let mut failed = false;
+        for chunk in indices.chunks(BATCH) {
+            let uids: Vec<u32> = match self.selected.as_ref() {
+                Some(s) => chunk
+                    .iter()
+                    .filter_map(|i| s.msgs.get(*i).map(|m| m.uid))
+                    .collect(),
+                None => Vec::new(),
+            };
+            let bodies = if need_body {
+                match self.bodies(&uids, need_parse).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        out.extend_from_slice(format!("{tag} {e}\r\n").as_bytes());
+                        return Ok(());
+                    }
+                }
+            } else {
+                vec![None; uids.len()]
+            };
+            let mut seen_now = vec![false; uids.len()];
+            if sets_seen {
+                self.mark_seen(&uids, &bodies, &mut seen_now).await;
+            }
+            let Some(sel) = self.selected.as_ref() else {
+                break;
+            };
+            for (k, i) in chunk.iter().enumerate() {
+                let Some(meta) = sel.msgs.get(*i) else {
+                    continue;
+                };
+                let body = bodies.get(k).and_then(|b| b.as_ref());
+                if need_body && body.is_none() {
+                    // Expunged by another session since our view was taken (RFC 3501 7.4.1 lets
+                    // us say so only later).
+                    failed = true;
+                    continue;
+                }
+                fetch::render(
+                    out,
+                    i + 1,
+                    meta,
+                    items,
+                    uid,
+                    seen_now[k],
+                    body.map(|b| &b.raw[..]),
+                    body.and_then(|b| b.parsed.as_deref()),
+                );
+            }
+            if out.len() >= FLUSH_AT {
+                writer.write_all(out).await?;
+                out.clear();
+            }
+        }
+        if failed && !uid {
+            out.extend_from_slice(
+                format!("{tag} NO Some messages were expunged meanwhile\r\n").as_bytes(),
+            );
+        } else {
+            out.extend_from_slice(format!("{tag} OK FETCH completed\r\n").as_bytes());
+        }
+        Ok(())
+    }
+
+    /// Sets `\Seen` on the messages among `uids` whose bodies are about to be sent without it.
+    async fn mark_seen(
+        &mut self,
+        uids: &[u32],
+        bodies: &[Option<Arc<Cached>>],
+        seen_now: &mut [bool],
+    ) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let folder = sel.name.clone();
+        let todo: Vec<(usize, u32)> = uids
+            .iter()
+            .enumerate()
+            .filter(|(k, u)| {
+                bodies.get(*k).is_some_and(|b| b.is_some())
+                    && sel
+                        .msgs
+                        .binary_search_by_key(*u, |m| m.uid)
+                        .ok()
+                        .and_then(|i| sel.msgs.get(i))
+                        .is_some_and(|m| !m.flags.iter().any(|f| f.eq_ignore_ascii_case("\\Seen")))
+            })
+            .map(|(k, u)| (k, *u))
+            .collect();
+        let seen = vec!["\\Seen".to_string()];
+        for (k, uid) in todo {
+            let result = match self.account() {
+                Ok(a) => a.store_flags(&folder, uid, FlagOp::Add, &seen).await,
+                Err(e) => Err(e),
+            };
+            if let (Ok(flags), Some(sel)) = (result, self.selected.as_mut()) {
+                if let Ok(i) = sel.msgs.binary_search_by_key(&uid, |m| m.uid) {
+                    sel.msgs[i].flags = flags;
+                    seen_now[k] = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &mut self,
+        tag: &str,
+        indices: &[usize],
+        op: FlagOp,
+        flags: &[String],
+        silent: bool,
+        uid: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let folder = sel.name.clone();
+        let targets: Vec<(usize, u32)> = indices
+            .iter()
+            .filter_map(|i| sel.msgs.get(*i).map(|m| (*i, m.uid)))
+            .collect();
+        let mut errors = 0usize;
+        for (i, u) in targets {
+            let result = match self.account() {
+                Ok(a) => a.store_flags(&folder, u, op, flags).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(new_flags) => {
+                    let Some(sel) = self.selected.as_mut() else {
+                        return;
+                    };
+                    if let Some(m) = sel.msgs.get_mut(i) {
+                        m.flags = new_flags;
+                        if !silent {
+                            out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+                            fetch::flags(out, &m.flags);
+                            if uid {
+                                out.extend_from_slice(format!(" UID {}", m.uid).as_bytes());
+                            }
+                            out.extend_from_slice(b")\r\n");
+                        }
+                    }
+                }
+                Err(_) => errors += 1,
+            }
+        }
+        if errors == 0 {
+            out.extend_from_slice(format!("{tag} OK STORE completed\r\n").as_bytes());
+        } else {
+            out.extend_from_slice(
+                format!("{tag} NO Some flags could not be changed\r\n").as_bytes(),
+            );
+        }
+    }
+
+    async fn search(
+        &mut self,
+        tag: &str,
+        key: &imap_codec::imap_types::search::SearchKey<'_>,
+        uid: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let all: Vec<u32> = self
+            .selected
+            .as_ref()
+            .map(|s| s.msgs.iter().map(|m| m.uid).collect())
+            .unwrap_or_default();
+        let mut raws: Vec<Option<Arc<Cached>>> = vec![None; all.len()];
+        if search::needs_body(key) {
+            raws.clear();
+            for chunk in all.chunks(BATCH) {
+                match self.bodies(chunk, false).await {
+                    Ok(b) => raws.extend(b),
+                    Err(e) => {
+                        out.extend_from_slice(format!("{tag} {e}\r\n").as_bytes());
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let mut hits = Vec::new();
+        for (i, meta) in sel.msgs.iter().enumerate() {
+            let c = search::Candidate {
+                index: i,
+                meta,
+                all: &sel.msgs,
+                raw: raws.get(i).and_then(|r| r.as_ref()).map(|r| &r.raw[..]),
+            };
+            if search::matches(key, &c) {
+                hits.push(if uid { meta.uid } else { i as u32 + 1 });
+            }
+        }
+        out.extend_from_slice(b"* SEARCH");
+        for h in hits {
+            out.extend_from_slice(format!(" {h}").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(format!("{tag} OK SEARCH completed\r\n").as_bytes());
+    }
+}
