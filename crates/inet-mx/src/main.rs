@@ -1,7 +1,8 @@
 //! `fabric-inet-mx`: the fabric's Internet mail server (SMTP).
 
-mod antivirus;
+mod checks;
 mod handler;
+mod notifier;
 
 use std::sync::Arc;
 
