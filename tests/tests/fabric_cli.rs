@@ -152,6 +152,35 @@ async fn operators_watch_kill_restart_and_stop_nodes() -> anyhow::Result<()> {
                 .is_some_and(|a| a.starts_with("127.1.0."))
         );
     }
+    // The simulated outside world runs like any node, and `fabric outside` shows what it received.
+    let sink = Fabric::node(&status, "outside")?;
+    assert_eq!(
+        (&sink["role"], &sink["state"]),
+        (&Value::from("sink"), &Value::from("ready"))
+    );
+    let sms_addr = sink["services"]["sms"].as_str().context("sms service")?;
+    let gateway = StoreClient::new(format!("http://{sms_addr}"));
+    let posted = gateway
+        .raw(
+            store_client::Method::POST,
+            "/v1/sms",
+            &[],
+            bytes::Bytes::from_static(br#"{"to": "+15550100", "text": "hello operators"}"#),
+        )
+        .await?;
+    assert_eq!(posted.status.as_u16(), 201);
+    let listed = f.ok(&["outside", "sms"])?;
+    assert!(
+        listed.contains("+15550100") && listed.contains("hello operators"),
+        "{listed}"
+    );
+    let mail: Value = serde_json::from_str(&f.ok(&["outside", "messages", "--json"])?)?;
+    assert_eq!(
+        mail["messages"],
+        serde_json::json!([]),
+        "no mail left the fabric yet"
+    );
+
     let a_url = f.store_url("store-a")?;
     let a = StoreClient::new(a_url.clone()).with_timeout(Duration::from_secs(20));
     let w = a

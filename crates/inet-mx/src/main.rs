@@ -1,9 +1,8 @@
 //! `fabric-inet-mx`: the fabric's Internet mail server (SMTP).
 
-// The outside branch moved this file into checks/ (its checks module is not merged yet).
-#[path = "checks/antivirus.rs"]
-mod antivirus;
+mod checks;
 mod handler;
+mod notifier;
 mod outbound;
 
 use std::sync::Arc;

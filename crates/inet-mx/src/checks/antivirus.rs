@@ -1,7 +1,61 @@
 //! The inbound antivirus check: the EICAR test signature, in the raw message and in every decoded
 //! part (a base64 or quoted-printable attachment hides it from a raw scan).
+//!
+//! As a layer: at the end of DATA it scans the message and marks it for quarantine; it refuses
+//! nothing (the mail is accepted and filed in the recipients' Quarantine, never in their INBOX).
+//! Once the store has it, the find is counted (`fabric_inet_mx_infected_total`) and logged.
+
+use std::task::{Context, Poll};
 
 use mail_parser::MessageParser;
+use tower::{Layer, Service, ServiceExt};
+
+use super::{CheckFuture, Inbound, Next, Step};
+
+#[derive(Debug, Clone, Copy)]
+pub struct AntivirusLayer;
+
+impl<S> Layer<S> for AntivirusLayer {
+    type Service = Antivirus<S>;
+    fn layer(&self, inner: S) -> Antivirus<S> {
+        Antivirus { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Antivirus<S> {
+    inner: S,
+}
+
+impl<S: Next> Service<Inbound> for Antivirus<S> {
+    type Response = smtp::Reply;
+    type Error = std::convert::Infallible;
+    type Future = CheckFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Inbound) -> CheckFuture {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let Step::Data(message) = &mut req.step else {
+                return inner.oneshot(req).await;
+            };
+            let found = scan(&message.body);
+            message.quarantine = found;
+            let id = message.id.clone();
+            let reply = inner.oneshot(req).await?;
+            if let Some(virus) = found
+                && reply.is_positive()
+            {
+                metrics::counter!("fabric_inet_mx_infected_total").increment(1);
+                tracing::warn!(msg_id = %id, virus, "infected message: it goes to the recipients' Quarantine, never to their INBOX");
+            }
+            Ok(reply)
+        })
+    }
+}
 
 /// The EICAR anti-malware test file's signature (a harmless, standard test string).
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";

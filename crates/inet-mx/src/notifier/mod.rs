@@ -1,0 +1,246 @@
+//! New-mail notifications, sent in the background once a message is accepted. For each recipient
+//! whose directory entry says `notify = "sms"` (with an `sms` number) or `notify = "alternate"`
+//! (with an `alternate` address):
+//!
+//! - `sms`: `POST /v1/sms {"to", "text"}` to the SMS gateway (the topology's sink node, `sms` port);
+//!   the text names the sender, the subject and the fabric message id;
+//! - `alternate`: a short notice mail to the alternate address, handed over SMTP to the remote MX
+//!   (today the topology's sink node, which acts as every remote MX).
+//!
+//! A failed attempt is logged and counted (`fabric_inet_mx_notify_failures_total{channel}`) and
+//! tried again after 1, 2 and 4 seconds; then it is given up (`..._given_up_total{channel}`).
+//! Sent: `fabric_inet_mx_notify_sent_total{channel}`. The mail itself is never touched: it is already
+//! stored and acknowledged when this starts. At most [`MAX_IN_FLIGHT`] messages are being notified
+//! at once; beyond that a notification is dropped and counted (`..._dropped_total`).
+
+mod smtp_client;
+mod text;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use store_client::directory::Directory;
+use store_client::{Method, StoreClient};
+use tokio::sync::Semaphore;
+use topology::{Role, Topology};
+
+/// Messages whose notifications may be under way at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Waits before the second, third and fourth attempt.
+const RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+/// Deadline of one attempt.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the notification needs of an accepted message.
+pub struct Accepted {
+    pub id: String,
+    pub envelope_from: Option<String>,
+    pub rcpts: Vec<String>,
+    /// The message's header section (From and Subject are read from it).
+    pub headers: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: Directory,
+    hostname: String,
+    /// The SMS gateway (HTTP).
+    gateway: Option<StoreClient>,
+    /// Where notice mails go: the remote MX (the sink node's SMTP port).
+    remote_mx: Option<SocketAddr>,
+    in_flight: Arc<Semaphore>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Sms,
+    Alternate,
+}
+
+impl Channel {
+    fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Alternate => "alternate",
+        }
+    }
+}
+
+/// One failed attempt.
+struct Failure {
+    error: String,
+    /// Trying again will not help (a 4xx from the gateway, a 5xx from the MX).
+    permanent: bool,
+}
+
+impl Notifier {
+    pub fn new(topology: &Topology, directory: Directory, hostname: &str) -> Notifier {
+        let sink = topology.nodes_with_role(Role::Sink).next();
+        let gateway = sink
+            .and_then(|n| n.service_addr("sms"))
+            .map(|a| StoreClient::new(format!("http://{a}")).with_timeout(ATTEMPT_TIMEOUT));
+        let remote_mx = sink.and_then(|n| n.service_addr("smtp"));
+        Notifier {
+            inner: Arc::new(Inner {
+                directory,
+                hostname: hostname.to_string(),
+                gateway,
+                remote_mx,
+                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            }),
+        }
+    }
+
+    /// Notifies the recipients of `accepted` who asked for it, in the background.
+    pub fn spawn(&self, accepted: Accepted) {
+        let Ok(permit) = self.inner.in_flight.clone().try_acquire_owned() else {
+            metrics::counter!("fabric_inet_mx_notify_dropped_total").increment(1);
+            tracing::warn!(msg_id = %accepted.id, "too many notifications under way; this one is dropped");
+            return;
+        };
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            inner.run(accepted).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Inner {
+    async fn run(&self, accepted: Accepted) {
+        let summary = text::Summary::read(&accepted.headers, accepted.envelope_from.as_deref());
+        let rcpts: BTreeSet<&String> = accepted.rcpts.iter().collect();
+        for rcpt in rcpts {
+            let user = match self.directory.user(rcpt).await {
+                Ok(Some(u)) => u,
+                Ok(None) => continue,
+                Err(e) => {
+                    metrics::counter!("fabric_inet_mx_notify_failures_total", "channel" => "directory")
+                        .increment(1);
+                    tracing::warn!(msg_id = %accepted.id, rcpt = %rcpt, error = %e,
+                        "directory unreadable: no notification for this recipient");
+                    continue;
+                }
+            };
+            let channel = match user["notify"].as_str() {
+                Some("sms") => Channel::Sms,
+                Some("alternate") => Channel::Alternate,
+                _ => continue,
+            };
+            self.notify(&accepted.id, rcpt, &user, channel, &summary)
+                .await;
+        }
+    }
+
+    async fn notify(
+        &self,
+        id: &str,
+        rcpt: &str,
+        user: &Value,
+        channel: Channel,
+        summary: &text::Summary,
+    ) {
+        let target = match channel {
+            Channel::Sms => user["sms"].as_str(),
+            Channel::Alternate => user["alternate"].as_str(),
+        }
+        .unwrap_or("")
+        .to_string();
+        let label = channel.as_str();
+        for attempt in 0..=RETRY_DELAYS.len() {
+            let result = match channel {
+                Channel::Sms => self.sms(&target, &summary.sms_text(id)).await,
+                Channel::Alternate => {
+                    let notice = summary.notice(id, rcpt, &target, &self.hostname);
+                    self.mail(&target, &notice).await
+                }
+            };
+            match result {
+                Ok(()) => {
+                    metrics::counter!("fabric_inet_mx_notify_sent_total", "channel" => label)
+                        .increment(1);
+                    tracing::info!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
+                        attempt = attempt + 1, "notification sent");
+                    return;
+                }
+                Err(f) => {
+                    metrics::counter!("fabric_inet_mx_notify_failures_total", "channel" => label)
+                        .increment(1);
+                    let last = f.permanent || attempt == RETRY_DELAYS.len();
+                    if last {
+                        metrics::counter!("fabric_inet_mx_notify_given_up_total", "channel" => label)
+                            .increment(1);
+                        tracing::error!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
+                            attempt = attempt + 1, error = %f.error, permanent = f.permanent,
+                            "notification given up (the mail itself is stored and delivered)");
+                        return;
+                    }
+                    tracing::warn!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
+                        attempt = attempt + 1, error = %f.error, "notification failed; retrying");
+                    if let Some(delay) = RETRY_DELAYS.get(attempt) {
+                        tokio::time::sleep(*delay).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn sms(&self, to: &str, text: &str) -> Result<(), Failure> {
+        let Some(gateway) = &self.gateway else {
+            return Err(Failure {
+                error: "the topology has no SMS gateway (a sink node with an sms port)".into(),
+                permanent: true,
+            });
+        };
+        let body = json!({"to": to, "text": text}).to_string();
+        let resp = gateway
+            .raw(
+                Method::POST,
+                "/v1/sms",
+                &[("content-type", "application/json".to_string())],
+                body,
+            )
+            .await
+            .map_err(|e| Failure {
+                error: e.to_string(),
+                permanent: false,
+            })?;
+        if resp.status.is_success() {
+            return Ok(());
+        }
+        Err(Failure {
+            error: format!(
+                "the SMS gateway answered {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body)
+            ),
+            permanent: resp.status.is_client_error(),
+        })
+    }
+
+    async fn mail(&self, to: &str, notice: &str) -> Result<(), Failure> {
+        let Some(mx) = self.remote_mx else {
+            return Err(Failure {
+                error: "the topology has no remote MX (a sink node with an smtp port)".into(),
+                permanent: true,
+            });
+        };
+        smtp_client::send(mx, &self.hostname, "", to, notice, ATTEMPT_TIMEOUT)
+            .await
+            .map_err(|e| Failure {
+                permanent: e.is_permanent(),
+                error: e.to_string(),
+            })
+    }
+}
