@@ -140,6 +140,28 @@ async fn mail_to_a_remote_address_reaches_the_sink_with_the_same_body() -> anyho
         },
     )
     .await?;
+    // The move to the Internet side is in the transfer log, with the header summary.
+    let log = store
+        .call(
+            Method::GET,
+            "/v1/transfer-log?limit=1000",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await?;
+    let log: Value = serde_json::from_slice(&log.body)?;
+    let moves: Vec<&Value> = log["entries"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| e["message_id"] == id.as_str())
+        .collect();
+    assert_eq!(moves.len(), 1, "{log}");
+    assert_eq!(
+        (&moves[0]["from"], &moves[0]["to"]),
+        (&json!("isolated"), &json!("internet"))
+    );
+    assert_eq!(moves[0]["summary"]["subject"], "out");
     assert_eq!(
         metric(&sandbox, "mx-a", "fabric_outbound_delivered_total").await,
         1.0
