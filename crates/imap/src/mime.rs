@@ -49,8 +49,10 @@ fn header_end(raw: &[u8]) -> usize {
 
 pub(crate) fn parse(raw: &[u8]) -> Parsed {
     let parser = MessageParser::new();
-    if let Some(msg) = parser.parse(raw) {
-        if !msg.parts.is_empty() {
+    if let Some(msg) = parser.parse(raw)
+        && !msg.parts.is_empty()
+    {
+        {
             let mut body = Vec::new();
             let mut bodystructure = Vec::new();
             let mut envelope = Vec::new();
@@ -289,7 +291,7 @@ fn disposition(out: &mut Vec<u8>, part: &MessagePart) {
 }
 
 /// The raw value of a top-level header field, unfolded and trimmed (RFC 3501 wants it undecoded).
-fn raw_header<'a>(msg: &Message, raw: &'a [u8], name: HeaderName) -> Option<Vec<u8>> {
+fn raw_header(msg: &Message, raw: &[u8], name: HeaderName) -> Option<Vec<u8>> {
     let part = msg.parts.first()?;
     let h = part.headers.iter().find(|h| h.name == name)?;
     let value = raw.get(h.offset_start as usize..h.offset_end as usize)?;
