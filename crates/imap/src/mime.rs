@@ -52,20 +52,18 @@ pub(crate) fn parse(raw: &[u8]) -> Parsed {
     if let Some(msg) = parser.parse(raw)
         && !msg.parts.is_empty()
     {
-        {
-            let mut body = Vec::new();
-            let mut bodystructure = Vec::new();
-            let mut envelope = Vec::new();
-            write_envelope(&mut envelope, &msg, raw);
-            let root = entity(&msg, raw, 0, &mut body, false, 0);
-            entity(&msg, raw, 0, &mut bodystructure, true, 0);
-            return Parsed {
-                root,
-                envelope,
-                body,
-                bodystructure,
-            };
-        }
+        let mut body = Vec::new();
+        let mut bodystructure = Vec::new();
+        let mut envelope = Vec::new();
+        write_envelope(&mut envelope, &msg, raw);
+        let root = entity(&msg, raw, 0, &mut body, false, 0);
+        entity(&msg, raw, 0, &mut bodystructure, true, 0);
+        return Parsed {
+            root,
+            envelope,
+            body,
+            bodystructure,
+        };
     }
     let end = header_end(raw);
     let leaf = |out: &mut Vec<u8>| {

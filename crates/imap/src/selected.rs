@@ -225,14 +225,12 @@ impl<B: Backend> Session<'_, B> {
                 && parse
                 && self.cache.get(uid).is_none_or(|c| c.parsed.is_none())
             {
-                {
-                    if self.cache_bytes + e.raw.len() > CACHE_BYTES {
-                        self.cache.clear();
-                        self.cache_bytes = 0;
-                    }
-                    self.cache_bytes += e.raw.len();
-                    self.cache.insert(*uid, e.clone());
+                if self.cache_bytes + e.raw.len() > CACHE_BYTES {
+                    self.cache.clear();
+                    self.cache_bytes = 0;
                 }
+                self.cache_bytes += e.raw.len();
+                self.cache.insert(*uid, e.clone());
             }
             result.push(entry);
         }

@@ -113,12 +113,10 @@ impl<B: Backend> Session<'_, B> {
             if let Ok(j) = fresh.binary_search_by_key(&m.uid, |f| f.uid)
                 && fresh[j].flags != m.flags
             {
-                {
-                    m.flags = fresh[j].flags.clone();
-                    out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
-                    fetch::flags(out, &m.flags);
-                    out.extend_from_slice(b")\r\n");
-                }
+                m.flags = fresh[j].flags.clone();
+                out.extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
+                fetch::flags(out, &m.flags);
+                out.extend_from_slice(b")\r\n");
             }
         }
         let last = sel.msgs.last().map(|m| m.uid).unwrap_or(0);
