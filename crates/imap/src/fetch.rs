@@ -51,11 +51,13 @@ pub(crate) fn needs_parse(item: &MessageDataItemName) -> bool {
         MessageDataItemName::Body
         | MessageDataItemName::BodyStructure
         | MessageDataItemName::Envelope => true,
-        MessageDataItemName::BodyExt { section, .. } => match section {
-            None | Some(Section::Header(None)) | Some(Section::Text(None)) => false,
-            Some(Section::HeaderFields(None, _)) | Some(Section::HeaderFieldsNot(None, _)) => false,
-            _ => true,
-        },
+        MessageDataItemName::BodyExt { section, .. } => !matches!(
+            section,
+            None | Some(Section::Header(None))
+                | Some(Section::Text(None))
+                | Some(Section::HeaderFields(None, _))
+                | Some(Section::HeaderFieldsNot(None, _))
+        ),
         _ => false,
     }
 }
@@ -93,6 +95,7 @@ fn split(raw: &[u8]) -> usize {
 
 /// `* n FETCH (...)\r\n` for one message. `include_flags` adds FLAGS even if not asked for (after
 /// an implicit `\Seen`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn render(
     out: &mut Vec<u8>,
     seq: usize,

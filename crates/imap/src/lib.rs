@@ -18,10 +18,12 @@ use bytes::Bytes;
 mod fetch;
 mod framing;
 mod mime;
+mod names;
 mod search;
 mod selected;
 mod seqset;
 mod session;
+mod updates;
 mod write;
 
 pub use session::serve;

@@ -49,21 +49,21 @@ fn header_end(raw: &[u8]) -> usize {
 
 pub(crate) fn parse(raw: &[u8]) -> Parsed {
     let parser = MessageParser::new();
-    if let Some(msg) = parser.parse(raw) {
-        if !msg.parts.is_empty() {
-            let mut body = Vec::new();
-            let mut bodystructure = Vec::new();
-            let mut envelope = Vec::new();
-            write_envelope(&mut envelope, &msg, raw);
-            let root = entity(&msg, raw, 0, &mut body, false, 0);
-            entity(&msg, raw, 0, &mut bodystructure, true, 0);
-            return Parsed {
-                root,
-                envelope,
-                body,
-                bodystructure,
-            };
-        }
+    if let Some(msg) = parser.parse(raw)
+        && !msg.parts.is_empty()
+    {
+        let mut body = Vec::new();
+        let mut bodystructure = Vec::new();
+        let mut envelope = Vec::new();
+        write_envelope(&mut envelope, &msg, raw);
+        let root = entity(&msg, raw, 0, &mut body, false, 0);
+        entity(&msg, raw, 0, &mut bodystructure, true, 0);
+        return Parsed {
+            root,
+            envelope,
+            body,
+            bodystructure,
+        };
     }
     let end = header_end(raw);
     let leaf = |out: &mut Vec<u8>| {
@@ -289,7 +289,7 @@ fn disposition(out: &mut Vec<u8>, part: &MessagePart) {
 }
 
 /// The raw value of a top-level header field, unfolded and trimmed (RFC 3501 wants it undecoded).
-fn raw_header<'a>(msg: &Message, raw: &'a [u8], name: HeaderName) -> Option<Vec<u8>> {
+fn raw_header(msg: &Message, raw: &[u8], name: HeaderName) -> Option<Vec<u8>> {
     let part = msg.parts.first()?;
     let h = part.headers.iter().find(|h| h.name == name)?;
     let value = raw.get(h.offset_start as usize..h.offset_end as usize)?;

@@ -79,10 +79,10 @@ fn header_values(raw: &[u8], name: &[u8]) -> Vec<Vec<u8>> {
         if let Some(c) = current.take() {
             out.push(c);
         }
-        if let Some(colon) = line.iter().position(|b| *b == b':') {
-            if line[..colon].trim_ascii().eq_ignore_ascii_case(name) {
-                current = Some(line[colon + 1..].to_vec());
-            }
+        if let Some(colon) = line.iter().position(|b| *b == b':')
+            && line[..colon].trim_ascii().eq_ignore_ascii_case(name)
+        {
+            current = Some(line[colon + 1..].to_vec());
         }
     }
     if let Some(c) = current {

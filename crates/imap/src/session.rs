@@ -10,12 +10,13 @@ use imap_codec::CommandCodec;
 use imap_codec::decode::{CommandDecodeError, Decoder};
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
-use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
+use imap_codec::imap_types::mailbox::ListMailbox;
 use imap_codec::imap_types::status::StatusDataItemName;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::framing::{self, Frame, Line, Reader};
 use crate::mime::Parsed;
+use crate::names::{folder_name, wildcard};
 use crate::write::mailbox;
 use crate::{
     Account, Backend, BackendError, Config, LoginError, MAX_COMMAND_LINE, MessageMeta, refuse,
@@ -113,34 +114,6 @@ where
     let mut reader = Reader::new(r);
     session.run(&mut reader, &mut w).await?;
     Ok(())
-}
-
-fn folder_name(m: &Mailbox) -> String {
-    match m {
-        Mailbox::Inbox => "INBOX".to_string(),
-        Mailbox::Other(o) => {
-            let name = String::from_utf8_lossy(o.as_ref()).into_owned();
-            if name.eq_ignore_ascii_case("INBOX") {
-                "INBOX".to_string()
-            } else {
-                name
-            }
-        }
-    }
-}
-
-/// LIST wildcards (RFC 3501 6.3.8): `*` matches anything, `%` anything but the hierarchy delimiter.
-fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard(rest, &name[i..])),
-        Some((b'%', rest)) => (0..=name.len())
-            .take_while(|i| *i == 0 || name[i - 1] != b'/')
-            .any(|i| wildcard(rest, &name[i..])),
-        Some((c, rest)) => name
-            .split_first()
-            .is_some_and(|(n, nrest)| n.eq_ignore_ascii_case(c) && wildcard(rest, nrest)),
-    }
 }
 
 pub(crate) fn command_name(body: &CommandBody) -> &'static str {
@@ -616,20 +589,5 @@ pub(crate) fn no(e: &BackendError) -> String {
             tracing::warn!(error = %m, "IMAP store call failed");
             "NO [UNAVAILABLE] Try again later".to_string()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::wildcard;
-
-    #[test]
-    fn list_wildcards() {
-        assert!(wildcard(b"*", b"INBOX"));
-        assert!(wildcard(b"%", b"Sent"));
-        assert!(!wildcard(b"%", b"a/b"));
-        assert!(wildcard(b"inbox", b"INBOX"));
-        assert!(wildcard(b"S*", b"Sent"));
-        assert!(!wildcard(b"S*", b"INBOX"));
     }
 }
