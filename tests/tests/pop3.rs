@@ -282,7 +282,11 @@ print(json.dumps(out))
     assert_eq!(r, json!(["+OK", "+OK", "-ERR"]));
     let m = common::metrics(&sandbox, "intranet-a").await?;
     assert_eq!(
-        common::metric_sum(&m, "fabric_intranet_login_cache_total", &[("result", "hit")]),
+        common::metric_sum(
+            &m,
+            "fabric_intranet_login_cache_total",
+            &[("result", "hit")]
+        ),
         1.0,
         "the second login with the same password is a remembered one"
     );
