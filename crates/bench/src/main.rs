@@ -3,7 +3,9 @@
 //! writers. Every configuration runs once per round, rounds interleave them (so a noisy neighbour
 //! hurts all alike), and the table reports each configuration's median round.
 
+mod cpu;
 mod internals;
+mod lean_http;
 mod raw;
 mod read_load;
 mod reading;
@@ -142,7 +144,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let pids: std::collections::BTreeMap<String, u32> =
         children.iter().map(|(n, c)| (n.clone(), c.id())).collect();
-    let result = run(&args, &launcher, work.path(), duration).await;
+    let stores = cpu::Watch::new(
+        children
+            .iter()
+            .filter(|(name, _)| {
+                launcher
+                    .topology
+                    .node(name)
+                    .is_some_and(|n| n.role() == topology::Role::Store)
+            })
+            .map(|(name, child)| (name.clone(), child.id()))
+            .collect(),
+    );
+    let result = run(&args, &launcher, &stores, work.path(), duration).await;
     let result = match result {
         Ok(()) if !args.no_read => reading::rows(&args, &launcher, work.path(), &pids).await,
         other => other,
@@ -157,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
 async fn run(
     args: &Args,
     launcher: &Launcher,
+    stores: &cpu::Watch,
     dir: &std::path::Path,
     duration: Duration,
 ) -> anyhow::Result<()> {
@@ -166,14 +181,11 @@ async fn run(
             .await?;
     }
     let node = launcher.node(&args.store)?;
-    let url = format!(
-        "http://{}",
-        node.service_addr("store")
-            .with_context(|| format!("{} has no store port", args.store))?
-    );
-    let client = StoreClient::new(url).with_timeout(Duration::from_secs(30));
+    let addr = node
+        .service_addr("store")
+        .with_context(|| format!("{} has no store port", args.store))?;
     // Warm up: connections, SQLite caches, the mirror link in sync.
-    store_load::enqueue(&client, 16, Duration::from_secs(1), 0, args.body_bytes).await?;
+    store_load::enqueue(addr, 16, Duration::from_secs(1), 0, args.body_bytes).await?;
 
     let raw_dir = dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
@@ -238,6 +250,7 @@ async fn run(
         Some((maildir, target, mx.name.clone(), home_client, user))
     };
     let mut smtp_rows: [Vec<smtp_load::SmtpSample>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu_rows: Vec<Vec<cpu::PerWrite>> = vec![Vec::new(); args.concurrency.len()];
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}", args.rounds);
         if let Some((maildir, target, _, home, user)) = &smtp {
@@ -261,8 +274,10 @@ async fn run(
             rows[i].rounds.push(s);
             i += 1;
         }
-        for &c in &args.concurrency {
-            let s = store_load::enqueue(&client, c, duration, round, args.body_bytes).await?;
+        for (j, &c) in args.concurrency.iter().enumerate() {
+            let before = stores.read();
+            let s = store_load::enqueue(addr, c, duration, round, args.body_bytes).await?;
+            cpu_rows[j].push(cpu::PerWrite::between(&before, &stores.read(), s.count));
             rows[i].rounds.push(s);
             i += 1;
         }
@@ -271,6 +286,7 @@ async fn run(
         row.median = median(&row.rounds);
     }
     print_table(args, &rows);
+    print_cpu_table(args, &cpu_rows);
     if let Some((_, _, mx, _, _)) = &smtp {
         print_smtp_table(args, mx, &smtp_rows);
     }
@@ -319,6 +335,56 @@ fn print_table(args: &Args, rows: &[Row]) {
             row.median.p50_ms,
             row.median.p99_ms,
             ratio,
+            all.join(" ")
+        );
+    }
+}
+
+/// CPU time per mirrored write, per store row: the median round (by total) of each column.
+fn print_cpu_table(args: &Args, rows: &[Vec<cpu::PerWrite>]) {
+    let names: Vec<String> = rows
+        .first()
+        .and_then(|r| r.first())
+        .map(|p| p.by_store_us.keys().cloned().collect())
+        .unwrap_or_default();
+    println!();
+    println!(
+        "CPU per mirrored write (us, user+system from /proc; medians of {} rounds): all stores + the bench's client",
+        args.rounds
+    );
+    let header: Vec<String> = names.iter().map(|n| format!("{n:>9}")).collect();
+    println!(
+        "{:<44} {:>8} {:>8} {}  {:>8}  rounds (total)",
+        "measurement",
+        "total",
+        "stores",
+        header.join(" "),
+        "client"
+    );
+    for (c, samples) in args.concurrency.iter().zip(rows) {
+        let col = |f: &dyn Fn(&cpu::PerWrite) -> f64| {
+            median_of(&samples.iter().map(f).collect::<Vec<_>>())
+        };
+        let per_store: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "{:>9.1}",
+                    col(&|p| p.by_store_us.get(n).copied().unwrap_or(0.0))
+                )
+            })
+            .collect();
+        let all: Vec<String> = samples
+            .iter()
+            .map(|p| format!("{:.0}", p.total_us()))
+            .collect();
+        println!(
+            "{:<44} {:>8.1} {:>8.1} {}  {:>8.1}  {}",
+            format!("store enqueue, mirrored, concurrency {c}"),
+            col(&|p| p.total_us()),
+            col(&|p| p.stores_us),
+            per_store.join(" "),
+            col(&|p| p.client_us),
             all.join(" ")
         );
     }

@@ -1,18 +1,19 @@
-//! Mirrored store writes: `concurrency` clients each enqueueing bodies (4 KiB by default) back to back.
+//! Mirrored store writes: `concurrency` clients each enqueueing bodies (4 KiB by default) back to back,
+//! each on its own kept-alive connection (see `lean_http`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use store_client::StoreClient;
 
 use crate::Sample;
+use crate::lean_http::Conn;
 
-/// Runs `concurrency` writers against `client` for `duration`; every write must come back with two
-/// copies (this store and its mirror), else the run fails.
+/// Runs `concurrency` writers against the store at `addr` for `duration`; every write must come back
+/// with two copies (this store and its mirror), else the run fails.
 pub async fn enqueue(
-    client: &StoreClient,
+    addr: std::net::SocketAddr,
     concurrency: usize,
     duration: Duration,
     round: usize,
@@ -20,24 +21,22 @@ pub async fn enqueue(
 ) -> anyhow::Result<Sample> {
     let stop = Arc::new(AtomicBool::new(false));
     let single_copy = Arc::new(AtomicU64::new(0));
-    let body = body(body_bytes);
+    let body = Arc::new(body(body_bytes));
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..concurrency {
-        let client = client.clone();
         let stop = stop.clone();
         let single_copy = single_copy.clone();
         let body = body.clone();
         tasks.spawn(async move {
             let mut hist = Histogram::<u64>::new(3)?;
+            let mut conn = Conn::connect(addr).await?;
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let id = format!("bench-r{round}-c{concurrency}-w{w}-{i}");
                 let t = Instant::now();
-                let written = client
-                    .enqueue("bench", Some(&id), None, body.clone())
-                    .await?;
+                let written = conn.enqueue("bench", &id, &body).await?;
                 hist.record(t.elapsed().as_micros() as u64)?;
-                if written.copies.len() < 2 {
+                if written.copies < 2 {
                     single_copy.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;

@@ -177,37 +177,45 @@ impl Ctx<'_> {
     }
 }
 
-pub fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError> {
-    match request {
+/// Runs one request. Bodies move into their operations (the request is spent afterwards).
+pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreError> {
+    let body = match request {
+        Request::Enqueue { body, .. } | Request::Append { body, .. } => std::mem::take(body),
+        _ => Vec::new(),
+    };
+    match &*request {
         Request::Enqueue {
             queue,
             message_id,
             meta,
-            body,
+            body: _,
         } => {
-            let existing: Option<i64> = db::scalar_opt(
-                ctx.conn,
-                "SELECT id FROM queue_items WHERE queue = ? AND message_id = ?",
-                params![queue, message_id],
-            )?;
-            if let Some(id) = existing {
-                return Ok(Reply::Enqueued {
-                    id,
-                    message_id: message_id.clone(),
-                    duplicate: true,
-                });
-            }
+            // Insert first: the unique (message_id, queue) index refuses a duplicate in the same
+            // b-tree descent that places a new item, so a new item costs no separate lookup.
             let id = ctx.counters.next_queue_id;
-            ctx.counters.next_queue_id += 1;
-            ctx.apply(PhysOp::QueueInsert {
+            let op = PhysOp::QueueInsert {
                 queue: queue.clone(),
                 id,
                 message_id: message_id.clone(),
                 meta: meta.clone(),
-                body: body.clone(),
+                body,
                 enqueued_at_ms: ctx.now_ms,
                 visible_at_ms: ctx.now_ms,
-            })?;
+            };
+            if ops::apply(ctx.conn, &op)? == 0 {
+                let existing: i64 = db::scalar_one(
+                    ctx.conn,
+                    "SELECT id FROM queue_items WHERE queue = ? AND message_id = ?",
+                    params![queue, message_id],
+                )?;
+                return Ok(Reply::Enqueued {
+                    id: existing,
+                    message_id: message_id.clone(),
+                    duplicate: true,
+                });
+            }
+            ctx.counters.next_queue_id += 1;
+            ctx.phys.push(op);
             Ok(Reply::Enqueued {
                 id,
                 message_id: message_id.clone(),
@@ -287,7 +295,7 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError
             message_id,
             flags,
             internal_date_ms,
-            body,
+            body: _,
         } => {
             let uidvalidity = ensure_mailbox(ctx, user, folder)?;
             let existing: Option<i64> = db::scalar_opt(
@@ -315,7 +323,7 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &Request) -> Result<Reply, StoreError
                 message_id: message_id.clone(),
                 flags: join_flags(flags.iter().cloned()),
                 internal_date_ms: internal_date_ms.unwrap_or(ctx.now_ms),
-                body: body.clone(),
+                body,
             })?;
             Ok(Reply::Appended {
                 uid,

@@ -195,11 +195,11 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
-    fn commit_batch(&mut self, batch: Vec<(Request, oneshot::Sender<WriteResult>)>) {
+    fn commit_batch(&mut self, mut batch: Vec<(Request, oneshot::Sender<WriteResult>)>) {
         let started = Instant::now();
         let saved = self.counters;
         let size = batch.len();
-        let outcome = self.execute_batch(&batch);
+        let outcome = self.execute_batch(&mut batch);
         match outcome {
             Ok((replies, phys_count)) => {
                 let lsn = self.counters.lsn;
@@ -234,7 +234,7 @@ impl Writer {
     /// a database error rolls all of it back.
     fn execute_batch(
         &mut self,
-        batch: &[(Request, oneshot::Sender<WriteResult>)],
+        batch: &mut [(Request, oneshot::Sender<WriteResult>)],
     ) -> Result<(Vec<Result<Reply, StoreError>>, usize), StoreError> {
         let tx = self.conn.transaction()?;
         let mut phys: Vec<PhysOp> = Vec::new();
@@ -245,7 +245,7 @@ impl Writer {
             Some(_) => db::used_bytes_sync(&tx)?,
             None => 0,
         };
-        for (request, _) in batch {
+        for (request, _) in batch.iter_mut() {
             if let Some(quota) = self.quota
                 && request.grows()
             {
