@@ -6,24 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 use testkit::Sandbox;
 
 const PASSWORD: &str = "every mx secret";
-
-async fn python(script: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg("-c").arg(script).kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.context("python3 must be installed")?;
-    if !out.status.success() {
-        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
 
 fn addr(sandbox: &Sandbox, node: &str, service: &str) -> String {
     sandbox
@@ -36,15 +23,7 @@ fn addr(sandbox: &Sandbox, node: &str, service: &str) -> String {
 async fn mail_to_every_inet_mx_reads_back_the_same_bytes_over_imap_and_pop3() -> anyhow::Result<()>
 {
     let sandbox = Sandbox::start("topology/two-site.toml").await?;
-    let hash = {
-        use argon2::PasswordHasher;
-        let salt = argon2::password_hash::SaltString::encode_b64(b"every-mx-salt-16")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        argon2::Argon2::default()
-            .hash_password(PASSWORD.as_bytes(), &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string()
-    };
+    let hash = common::argon2_hash(PASSWORD)?;
     let directory = common::store(&sandbox, "store-w1");
     // ann's domain is at home in the west, bob's in the east.
     for user in ["ann@acme.example", "bob@globex.example"] {
@@ -54,7 +33,7 @@ async fn mail_to_every_inet_mx_reads_back_the_same_bytes_over_imap_and_pop3() ->
     }
     let mxs = ["inet-mx-w1", "inet-mx-w2", "inet-mx-e1", "inet-mx-e2"];
     let targets: Vec<String> = mxs.iter().map(|m| addr(&sandbox, m, "smtp")).collect();
-    let sent = python(
+    let sent = common::python(
         r#"
 import json, os, smtplib
 out = {}
@@ -94,7 +73,7 @@ print(json.dumps(out))
         )
         .await?;
     }
-    let read = python(
+    let read = common::python(
         r#"
 import imaplib, json, os, poplib, ssl
 ctx = ssl.create_default_context(cafile=os.environ["CA"])

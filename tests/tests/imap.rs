@@ -6,50 +6,23 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 use testkit::Sandbox;
-
-async fn python(script: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg("-c").arg(script).kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.context("python3 must be installed")?;
-    if !out.status.success() {
-        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn host_port(url: &str) -> (String, String) {
-    let a = url.trim_start_matches("http://");
-    let (h, p) = a.rsplit_once(':').unwrap_or((a, "0"));
-    (h.to_string(), p.to_string())
-}
 
 /// The mini fabric with ann@acme.example (password "open sesame"), and the environment the Python
 /// scripts read.
 async fn fabric() -> anyhow::Result<(Sandbox, Vec<(&'static str, String)>)> {
     let sandbox = Sandbox::start("topology/mini.toml").await?;
-    let hash = {
-        use argon2::PasswordHasher;
-        let salt = argon2::password_hash::SaltString::encode_b64(b"fixed-test-salt!")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        argon2::Argon2::default()
-            .hash_password(b"open sesame", &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string()
-    };
+    let hash = common::argon2_hash("open sesame")?;
     common::store(&sandbox, "store-a")
         .put_user(
             "ann@acme.example",
             &json!({"password_hash": hash, "notify": "none"}),
         )
         .await?;
-    let (smtp_host, smtp_port) = host_port(&sandbox.url("mx-a", "smtp"));
-    let (imap_host, imap_port) = host_port(&sandbox.url("intranet-a", "imap"));
+    let (smtp_host, smtp_port) = common::host_port(&sandbox.url("mx-a", "smtp"));
+    let (imap_host, imap_port) = common::host_port(&sandbox.url("intranet-a", "imap"));
     let env = vec![
         ("SMTP_HOST", smtp_host),
         ("SMTP_PORT", smtp_port),
@@ -113,7 +86,7 @@ def decode(v):
 async fn imaplib_reads_smtplib_mail_byte_for_byte_with_flags_search_and_expunge()
 -> anyhow::Result<()> {
     let (sandbox, env) = fabric().await?;
-    let sent = python(
+    let sent = common::python(
         &format!(
             "{PRELUDE}{}",
             r#"
@@ -127,7 +100,7 @@ print(json.dumps({"msgs": [m.decode() for m in msgs]}))
     )
     .await?;
     wait_for(&sandbox, "INBOX", 3).await?;
-    let r = python(
+    let r = common::python(
         &format!(
             "{PRELUDE}{}",
             r#"
@@ -305,7 +278,7 @@ dump(out)
 #[tokio::test]
 async fn envelope_bodystructure_append_to_sent_and_quarantine_over_imap() -> anyhow::Result<()> {
     let (sandbox, env) = fabric().await?;
-    python(
+    common::python(
         &format!(
             "{PRELUDE}{}",
             r#"
@@ -326,7 +299,7 @@ print("{}")
     )
     .await?;
     wait_for(&sandbox, "Quarantine", 1).await?;
-    let r = python(
+    let r = common::python(
         &format!(
             "{PRELUDE}{}",
             r#"
@@ -458,7 +431,7 @@ dump(out)
 #[tokio::test]
 async fn idle_reports_new_mail_within_seconds() -> anyhow::Result<()> {
     let (_sandbox, env) = fabric().await?;
-    let r = python(
+    let r = common::python(
         &format!(
             "{PRELUDE}{}",
             r#"

@@ -10,15 +10,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn bad_imap_input_gets_the_rfc_answers_and_the_server_keeps_serving() -> anyhow::Result<()> {
     let sandbox = testkit::Sandbox::start("topology/mini.toml").await?;
-    let hash = {
-        use argon2::PasswordHasher;
-        let salt = argon2::password_hash::SaltString::encode_b64(b"fixed-test-salt!")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        argon2::Argon2::default()
-            .hash_password(b"open sesame", &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string()
-    };
+    let hash = common::argon2_hash("open sesame")?;
     let a = common::store(&sandbox, "store-a");
     a.put_user(
         "ann@acme.example",

@@ -5,49 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::{Value, json};
 use testkit::Sandbox;
-
-async fn python(script: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
-    let mut cmd = tokio::process::Command::new("python3");
-    cmd.arg("-c").arg(script).kill_on_drop(true);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.context("python3 must be installed")?;
-    if !out.status.success() {
-        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
-
-fn host_port(url: &str) -> (String, String) {
-    let a = url.trim_start_matches("http://");
-    let (h, p) = a.rsplit_once(':').unwrap_or((a, "0"));
-    (h.to_string(), p.to_string())
-}
 
 #[tokio::test]
 async fn poplib_reads_what_smtplib_sent_byte_for_byte() -> anyhow::Result<()> {
     let sandbox = Sandbox::start("topology/mini.toml").await?;
-    let hash = {
-        use argon2::PasswordHasher;
-        let salt = argon2::password_hash::SaltString::encode_b64(b"fixed-test-salt!")
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        argon2::Argon2::default()
-            .hash_password(b"open sesame", &salt)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .to_string()
-    };
+    let hash = common::argon2_hash("open sesame")?;
     common::store(&sandbox, "store-a")
         .put_user(
             "ann@acme.example",
             &json!({"password_hash": hash, "notify": "none"}),
         )
         .await?;
-    let (smtp_host, smtp_port) = host_port(&sandbox.url("mx-a", "smtp"));
-    let (pop_host, pop_port) = host_port(&sandbox.url("intranet-a", "pop3"));
+    let (smtp_host, smtp_port) = common::host_port(&sandbox.url("mx-a", "smtp"));
+    let (pop_host, pop_port) = common::host_port(&sandbox.url("intranet-a", "pop3"));
     let env = [
         ("SMTP_HOST", smtp_host),
         ("SMTP_PORT", smtp_port),
@@ -55,7 +28,7 @@ async fn poplib_reads_what_smtplib_sent_byte_for_byte() -> anyhow::Result<()> {
         ("POP_PORT", pop_port),
         ("CA", sandbox.tls_dir().join("ca.pem").display().to_string()),
     ];
-    let sent = python(
+    let sent = common::python(
         r#"
 import json, os, smtplib
 msg = b"From: bob@remote.example\r\nTo: ann@acme.example\r\nSubject: over pop\r\n\r\nfirst line\r\n.starts with a dot\r\n\r\nlast line\r\n"
@@ -86,7 +59,7 @@ print(json.dumps({"msg": msg.decode()}))
         .messages[0]
         .message_id
         .clone();
-    let r = python(
+    let r = common::python(
         r#"
 import json, os, poplib, socket, ssl
 H, P = os.environ["POP_HOST"], int(os.environ["POP_PORT"])
@@ -231,16 +204,6 @@ print(json.dumps(out))
     Ok(())
 }
 
-fn argon2_hash(password: &str) -> anyhow::Result<String> {
-    use argon2::PasswordHasher;
-    let salt = argon2::password_hash::SaltString::encode_b64(b"another-salt-16b")
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .to_string())
-}
-
 /// The intranet server remembers logins argon2 accepted (no argon2 on the next login), but a
 /// password changed in the directory takes effect at once: the old one is refused, the new one works.
 #[tokio::test]
@@ -249,10 +212,10 @@ async fn remembered_logins_never_outlive_a_password_change() -> anyhow::Result<(
     let dir = common::store(&sandbox, "store-a");
     dir.put_user(
         "ann@acme.example",
-        &json!({"password_hash": argon2_hash("first secret")?, "notify": "none"}),
+        &json!({"password_hash": common::argon2_hash("first secret")?, "notify": "none"}),
     )
     .await?;
-    let (pop_host, pop_port) = host_port(&sandbox.url("intranet-a", "pop3"));
+    let (pop_host, pop_port) = common::host_port(&sandbox.url("intranet-a", "pop3"));
     let env = [
         ("POP_HOST", pop_host),
         ("POP_PORT", pop_port),
@@ -278,7 +241,7 @@ print(json.dumps(out))
         e.push(("PASSWORDS", pws.to_string()));
         e
     };
-    let r = python(login, &with("first secret,first secret,wrong")).await?;
+    let r = common::python(login, &with("first secret,first secret,wrong")).await?;
     assert_eq!(r, json!(["+OK", "+OK", "-ERR"]));
     let m = common::metrics(&sandbox, "intranet-a").await?;
     assert_eq!(
@@ -292,10 +255,10 @@ print(json.dumps(out))
     );
     dir.put_user(
         "ann@acme.example",
-        &json!({"password_hash": argon2_hash("second secret")?, "notify": "none"}),
+        &json!({"password_hash": common::argon2_hash("second secret")?, "notify": "none"}),
     )
     .await?;
-    let r = python(login, &with("first secret,second secret,second secret")).await?;
+    let r = common::python(login, &with("first secret,second secret,second secret")).await?;
     assert_eq!(
         r,
         json!(["-ERR", "+OK", "+OK"]),

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::{Context, bail};
+
 use serde_json::Value;
 use store_client::{Method, StoreClient};
 use testkit::Sandbox;
@@ -80,4 +82,36 @@ pub fn smtp_addr(sandbox: &Sandbox) -> String {
         .url("mx-a", "smtp")
         .trim_start_matches("http://")
         .to_string()
+}
+
+/// An argon2id PHC string of `password` (a fixed salt: tests need no secrecy, only real hashes).
+pub fn argon2_hash(password: &str) -> anyhow::Result<String> {
+    use argon2::PasswordHasher;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"fixed-test-salt!")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_string())
+}
+
+/// Runs a Python script (real clients: smtplib, imaplib, poplib) with `env`; parses the JSON it prints.
+pub async fn python(script: &str, env: &[(&str, String)]) -> anyhow::Result<Value> {
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg("-c").arg(script).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.context("python3 must be installed")?;
+    if !out.status.success() {
+        bail!("python failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// `(host, port)` of a sandbox URL such as `http://127.1.0.21:7100`.
+pub fn host_port(url: &str) -> (String, String) {
+    let a = url.trim_start_matches("http://");
+    let (h, p) = a.rsplit_once(':').unwrap_or((a, "0"));
+    (h.to_string(), p.to_string())
 }
