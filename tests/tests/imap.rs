@@ -493,3 +493,77 @@ dump(out)
     );
     Ok(())
 }
+
+/// A mail client's first sync (`UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE)`) is
+/// answered from the node's structure cache the second time: the same answer, with no body read from
+/// the store; and one user's cached structures never answer for another's mailbox.
+#[tokio::test]
+async fn first_sync_listings_come_from_the_node_cache_per_user() -> anyhow::Result<()> {
+    let (sandbox, env) = fabric().await?;
+    let a = common::store(&sandbox, "store-a");
+    a.put_user(
+        "bob@acme.example",
+        &json!({"password_hash": common::argon2_hash("open sesame")?, "notify": "none"}),
+    )
+    .await?;
+    for (user, n) in [("ann@acme.example", 3), ("bob@acme.example", 1)] {
+        for i in 0..n {
+            let msg = format!(
+                "From: carol@remote.example\r\nTo: {user}\r\nSubject: for {user} {i}\r\n\r\nbody {i}\r\n"
+            );
+            a.append(user, "INBOX", None, &[], msg.into_bytes()).await?;
+        }
+    }
+    let list = r#"
+import imaplib, json, os, ssl
+m = imaplib.IMAP4(os.environ["IMAP_HOST"], int(os.environ["IMAP_PORT"]))
+m.starttls(ssl_context=ssl.create_default_context(cafile=os.environ["CA"]))
+m.login(os.environ["USER"], "open sesame")
+m.select("INBOX", readonly=True)
+typ, data = m.uid("FETCH", "1:*", "(UID FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE)")
+m.logout()
+print(json.dumps({"typ": typ, "data": [d.decode() if isinstance(d, bytes) else [x.decode() for x in d] for d in data]}))
+"#;
+    let with = |user: &str| {
+        let mut e = env.clone();
+        e.push(("USER", user.to_string()));
+        e
+    };
+    let fetched = |m: &str| common::metric_sum(m, "fabric_imap_fetched_messages_total", &[]);
+    let hits =
+        |m: &str| common::metric_sum(m, "fabric_imap_structure_cache_total", &[("result", "hit")]);
+    let first = common::python(list, &with("ann@acme.example")).await?;
+    let m1 = common::metrics(&sandbox, "intranet-a").await?;
+    assert_eq!(first["typ"], "OK");
+    let lines = first["data"].as_array().context("data")?;
+    assert_eq!(lines.len(), 3, "{first}");
+    for (i, line) in lines.iter().enumerate() {
+        let line = line.as_str().context("line")?;
+        assert!(
+            line.contains(&format!("\"for ann@acme.example {i}\"")),
+            "{line}"
+        );
+        assert!(line.contains("BODYSTRUCTURE (\"TEXT\" \"PLAIN\""), "{line}");
+    }
+    assert_eq!(
+        fetched(&m1),
+        3.0,
+        "the first listing reads the three bodies"
+    );
+    let second = common::python(list, &with("ann@acme.example")).await?;
+    let m2 = common::metrics(&sandbox, "intranet-a").await?;
+    assert_eq!(second, first, "the cached answer is the computed one");
+    assert_eq!(fetched(&m2), 3.0, "the second listing reads no body");
+    assert_eq!(hits(&m2) - hits(&m1), 3.0);
+    // bob's UID 1 is not ann's UID 1.
+    let bob = common::python(list, &with("bob@acme.example")).await?;
+    let lines = bob["data"].as_array().context("data")?;
+    assert_eq!(lines.len(), 1, "{bob}");
+    assert!(
+        lines[0]
+            .as_str()
+            .is_some_and(|l| l.contains("\"for bob@acme.example 0\"")),
+        "{bob}"
+    );
+    Ok(())
+}

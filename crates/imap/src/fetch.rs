@@ -45,6 +45,18 @@ pub(crate) fn needs_body(item: &MessageDataItemName) -> bool {
     )
 }
 
+/// True when an item needs the message's bytes themselves, not only what `mime::parse` computed from
+/// them (ENVELOPE, BODY, BODYSTRUCTURE are served from the computed structure).
+pub(crate) fn needs_raw(item: &MessageDataItemName) -> bool {
+    needs_body(item)
+        && !matches!(
+            item,
+            MessageDataItemName::Envelope
+                | MessageDataItemName::Body
+                | MessageDataItemName::BodyStructure
+        )
+}
+
 /// True when an item needs the MIME structure (ENVELOPE, BODY, sections below the top).
 pub(crate) fn needs_parse(item: &MessageDataItemName) -> bool {
     match item {

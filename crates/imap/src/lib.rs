@@ -8,7 +8,7 @@
 //!
 //! Metrics: `fabric_imap_sessions_total`, `fabric_imap_logins_total{result}`,
 //! `fabric_imap_commands_total{command}`, `fabric_imap_refusals_total{kind}`,
-//! `fabric_imap_fetched_messages_total`.
+//! `fabric_imap_fetched_messages_total`, `fabric_imap_structure_cache_total{result}`.
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,10 +23,12 @@ mod search;
 mod selected;
 mod seqset;
 mod session;
+mod structures;
 mod updates;
 mod write;
 
 pub use session::serve;
+pub use structures::StructureCache;
 
 /// A command line (without its literals) is at most this long; longer ones get BAD.
 pub const MAX_COMMAND_LINE: usize = 8 * 1024;
@@ -159,6 +161,8 @@ pub struct Config {
     pub max_append: u64,
     /// How often IDLE looks for changes.
     pub idle_poll: Duration,
+    /// Message structures computed by any session of this node (see [`StructureCache`]).
+    pub structures: StructureCache,
 }
 
 impl Config {
@@ -170,6 +174,7 @@ impl Config {
             max_auth_failures: 3,
             max_append,
             idle_poll: Duration::from_secs(1),
+            structures: StructureCache::default(),
         }
     }
 }

@@ -9,7 +9,9 @@ use imap_codec::imap_types::fetch::MessageDataItemName;
 use imap_codec::imap_types::flag::{StoreResponse, StoreType};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::mime::Parsed;
 use crate::session::{Cached, Session, no};
+use crate::structures::Key;
 use crate::{Account, Backend, FlagOp, fetch, mime, refuse, search, seqset};
 
 /// Messages asked of the store in one request.
@@ -181,6 +183,51 @@ impl<B: Backend> Session<'_, B> {
         }
     }
 
+    /// The computed structures of the messages at these indices: from the node's cache, the rest
+    /// parsed from bodies read from the store in one request (and cached for every session).
+    async fn structures(&mut self, indices: &[usize]) -> Result<Vec<Option<Arc<Parsed>>>, String> {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(vec![None; indices.len()]);
+        };
+        let keys: Vec<Option<Key>> = indices
+            .iter()
+            .map(|i| {
+                sel.msgs.get(*i).map(|m| Key {
+                    user: self.user.clone(),
+                    folder: sel.name.clone(),
+                    uidvalidity: sel.uidvalidity,
+                    uid: m.uid,
+                    size: m.size,
+                    internal_date_ms: m.internal_date_ms,
+                })
+            })
+            .collect();
+        let mut found: Vec<Option<Arc<Parsed>>> = keys
+            .iter()
+            .map(|k| k.as_ref().and_then(|k| self.config.structures.get(k)))
+            .collect();
+        let missing: Vec<(usize, u32)> = keys
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| found[*k].is_none())
+            .filter_map(|(k, key)| key.as_ref().map(|key| (k, key.uid)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let uids: Vec<u32> = missing.iter().map(|(_, u)| *u).collect();
+        let bodies = self.bodies(&uids, true).await?;
+        for ((k, _), body) in missing.iter().zip(bodies) {
+            if let Some(parsed) = body.and_then(|b| b.parsed.clone())
+                && let Some(key) = keys.get(*k).cloned().flatten()
+            {
+                self.config.structures.put(key, parsed.clone());
+                found[*k] = Some(parsed);
+            }
+        }
+        Ok(found)
+    }
+
     /// Bodies (and structures, with `parse`) of these messages: from the cache, the rest from the
     /// store in one request.
     async fn bodies(
@@ -248,6 +295,9 @@ impl<B: Backend> Session<'_, B> {
     ) -> std::io::Result<()> {
         let need_body = items.iter().any(fetch::needs_body);
         let need_parse = items.iter().any(fetch::needs_parse);
+        // ENVELOPE/BODY/BODYSTRUCTURE without the bytes themselves (a client's first sync): from the
+        // node's structure cache, bodies read only for what it does not hold yet.
+        let structure_only = need_parse && !items.iter().any(fetch::needs_raw);
         let read_only = self.selected.as_ref().is_some_and(|s| s.read_only);
         let sets_seen = !read_only && items.iter().any(fetch::sets_seen);
         let mut failed = false;
@@ -259,7 +309,18 @@ impl<B: Backend> Session<'_, B> {
                     .collect(),
                 None => Vec::new(),
             };
-            let bodies = if need_body {
+            let structures = if structure_only {
+                match self.structures(chunk).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        out.extend_from_slice(format!("{tag} {e}\r\n").as_bytes());
+                        return Ok(());
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let bodies = if need_body && !structure_only {
                 match self.bodies(&uids, need_parse).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -282,6 +343,15 @@ impl<B: Backend> Session<'_, B> {
                     continue;
                 };
                 let body = bodies.get(k).and_then(|b| b.as_ref());
+                let structure = structures.get(k).and_then(|p| p.as_deref());
+                if structure_only {
+                    if structure.is_none() {
+                        failed = true;
+                        continue;
+                    }
+                    fetch::render(out, i + 1, meta, items, uid, false, None, structure);
+                    continue;
+                }
                 if need_body && body.is_none() {
                     // Expunged by another session since our view was taken (RFC 3501 7.4.1 lets
                     // us say so only later).
