@@ -13,7 +13,6 @@
 //! stored and acknowledged when this starts. At most [`MAX_IN_FLIGHT`] messages are being notified
 //! at once; beyond that a notification is dropped and counted (`..._dropped_total`).
 
-mod smtp_client;
 mod text;
 
 use std::collections::BTreeSet;
@@ -26,6 +25,8 @@ use store_client::directory::Directory;
 use store_client::{Method, StoreClient};
 use tokio::sync::Semaphore;
 use topology::{Role, Topology};
+
+use crate::outbound::client::Outcome;
 
 /// Messages whose notifications may be under way at once.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -236,11 +237,30 @@ impl Inner {
                 permanent: true,
             });
         };
-        smtp_client::send(mx, &self.hostname, "", to, notice, ATTEMPT_TIMEOUT)
-            .await
-            .map_err(|e| Failure {
-                permanent: e.is_permanent(),
-                error: e.to_string(),
-            })
+        // The same SMTP client as outbound delivery, for one recipient.
+        let outcome = crate::outbound::client::deliver(
+            mx,
+            &self.hostname,
+            "",
+            &[to.to_string()],
+            notice.as_bytes(),
+            ATTEMPT_TIMEOUT,
+        )
+        .await;
+        match outcome.into_iter().next() {
+            Some(Outcome::Delivered(_)) => Ok(()),
+            Some(Outcome::Temporary(error)) => Err(Failure {
+                error,
+                permanent: false,
+            }),
+            Some(Outcome::Permanent(error)) => Err(Failure {
+                error,
+                permanent: true,
+            }),
+            None => Err(Failure {
+                error: "the SMTP client gave no outcome".into(),
+                permanent: false,
+            }),
+        }
     }
 }
