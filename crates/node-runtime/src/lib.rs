@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod logging;
+pub mod proxy_header;
 pub mod sessions;
 pub mod shutdown;
 pub mod tls;

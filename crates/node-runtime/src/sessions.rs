@@ -1,6 +1,10 @@
 //! What every protocol listener of a mail role does: bind its port, serve each connection as a task
 //! with a cap on open sessions (the ones over it get the protocol's "busy" line and are closed), and
 //! at shutdown stop accepting and give open sessions the topology's deadline to finish.
+//!
+//! A connection from one of the topology's routers or redirectors starts with a PROXY v2 header
+//! (`proxy_header`): the session is served as the client it names, so logs and limits see the real
+//! sender. A proxy's connection without a valid header is closed and counted; nobody else may send one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +15,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::NodeContext;
+use crate::{NodeContext, proxy_header};
+
+/// How long a proxy has to send its header once connected.
+const PROXY_HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A cap on the sessions a listener serves at once.
 #[derive(Clone)]
@@ -57,6 +64,7 @@ pub async fn accept_until_shutdown<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
+    let proxies: Arc<Vec<std::net::Ipv4Addr>> = Arc::new(ctx.topology.proxy_addresses());
     loop {
         let (mut stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -69,8 +77,21 @@ pub async fn accept_until_shutdown<F, Fut>(
             _ = ctx.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (serve, permits) = (serve.clone(), limit.permits.clone());
+        let (serve, permits, proxies) = (serve.clone(), limit.permits.clone(), proxies.clone());
         ctx.tasks.spawn(async move {
+            let from_proxy = matches!(peer.ip(), std::net::IpAddr::V4(ip) if proxies.contains(&ip));
+            let peer = if from_proxy {
+                match proxy_header::read(&mut stream, PROXY_HEADER_DEADLINE).await {
+                    Ok(client) => client.unwrap_or(peer),
+                    Err(e) => {
+                        metrics::counter!("fabric_proxy_header_errors_total").increment(1);
+                        tracing::warn!(proxy = %peer, error = %e, "closing a proxy connection without a valid PROXY v2 header");
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
             let Ok(_permit) = permits.try_acquire() else {
                 metrics::counter!("fabric_sessions_refused_total").increment(1);
                 let _ = stream.write_all(busy).await;

@@ -3,15 +3,18 @@
 //!
 //! # Layout
 //! - `model`: the types the file deserializes into, with the design's defaults.
+//! - `edge`: access lists, edge settings, and which nodes a router or redirector forwards to.
 //! - `validate`: every rule a topology must obey, reported with the file, the node and the field.
 //!
 //! This crate knows nothing about processes, sockets or storage: it only describes a fabric.
 
+mod edge;
 mod model;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use edge::{Acl, Edge, served_by};
 pub use model::{
     Domain, FabricInfo, Limits, Mirror, Node, Role, Site, Timing, Topology, Zone, ZoneKind,
 };

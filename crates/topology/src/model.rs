@@ -21,6 +21,8 @@ pub struct Topology {
     pub timing: Timing,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub edge: crate::edge::Edge,
     #[serde(rename = "site", default)]
     pub sites: Vec<Site>,
     #[serde(rename = "zone", default)]
@@ -32,6 +34,9 @@ pub struct Topology {
     /// For each store: where its second copies go.
     #[serde(default)]
     pub mirrors: BTreeMap<String, Mirror>,
+    /// What each zone's routers forward (one entry per zone); everything else is refused.
+    #[serde(rename = "acl", default, skip_serializing_if = "Vec::is_empty")]
+    pub acls: Vec<crate::edge::Acl>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -198,6 +203,7 @@ impl Role {
             Role::InetMx => &["smtp"],
             Role::Intranet => &["pop3", "imap", "submission"],
             Role::Sink => &["smtp", "sms"],
+            Role::Dns => &["dns"],
             _ => &[],
         }
     }

@@ -16,6 +16,7 @@ pub(crate) fn problems(t: &Topology) -> Vec<String> {
     check_domains(t, &mut p);
     check_nodes(t, &mut p);
     check_mirrors(t, &mut p);
+    check_edge(t, &mut p);
     p
 }
 
@@ -239,6 +240,108 @@ fn check_mirrors(t: &Topology, p: &mut Vec<String>) {
                 )),
                 Some(_) => {}
             },
+        }
+    }
+}
+
+fn check_edge(t: &Topology, p: &mut Vec<String>) {
+    let mut zones = BTreeSet::new();
+    for acl in &t.acls {
+        let at = format!("acl for zone {:?}", acl.zone);
+        if !zones.insert(&acl.zone) {
+            p.push(format!("{at}: defined twice"));
+        }
+        match t.zones.iter().find(|z| z.name == acl.zone) {
+            None => p.push(format!("{at} field \"zone\": unknown zone")),
+            Some(z) if z.kind == ZoneKind::Lan => p.push(format!(
+                "{at} field \"zone\": routers guard the Internet and isolated zones, not a LAN"
+            )),
+            Some(_) => {}
+        }
+        for service in &acl.allow {
+            if crate::edge::served_by(service).is_none() {
+                p.push(format!(
+                    "{at} field \"allow\": {service:?} is not a mail service (smtp, submission, pop3, imap)"
+                ));
+            }
+        }
+    }
+    if t.edge.check_fall == 0 || t.edge.check_rise == 0 {
+        p.push("[edge] fields \"check_fall\" and \"check_rise\": must be at least 1".to_string());
+    }
+    if t.edge.check_interval.is_zero() {
+        p.push("[edge] field \"check_interval\": must not be zero".to_string());
+    }
+    for n in &t.nodes {
+        let role = n.role.parse::<Role>();
+        let at = format!("node {:?}", n.name);
+        if !matches!(role, Ok(Role::Router) | Ok(Role::Redirector)) {
+            continue;
+        }
+        let edge_zones: Vec<&str> = n
+            .zones
+            .iter()
+            .filter(|z| {
+                t.zones
+                    .iter()
+                    .any(|zone| &zone.name == *z && zone.kind != ZoneKind::Lan)
+            })
+            .map(String::as_str)
+            .collect();
+        if edge_zones.len() != 1 || n.zones.len() != 1 {
+            p.push(format!(
+                "{at} field \"zones\": a {} sits in exactly one Internet or isolated zone",
+                n.role
+            ));
+            continue;
+        }
+        let zone = edge_zones[0];
+        if role == Ok(Role::Redirector) {
+            if n.ports.is_empty() {
+                p.push(format!(
+                    "{at} field \"ports\": a redirector must declare a service"
+                ));
+            }
+            for service in n.ports.keys() {
+                if crate::edge::served_by(service).is_none() {
+                    p.push(format!(
+                        "{at} field \"ports.{service}\": a redirector balances mail services only"
+                    ));
+                }
+            }
+            if t.nodes.iter().any(|o| {
+                o.name != n.name && o.role == n.role && o.site == n.site && o.zones == n.zones
+            }) {
+                p.push(format!(
+                    "{at}: site {:?} already has a redirector in zone {zone:?}",
+                    n.site
+                ));
+            }
+        } else {
+            let allowed: Vec<&String> = n.ports.keys().filter(|s| t.acl_allows(zone, s)).collect();
+            if !allowed.is_empty() {
+                match t.redirector(&n.site, zone) {
+                    None => p.push(format!(
+                        "{at}: zone {zone:?} forwards {} but site {:?} has no redirector there",
+                        allowed
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        n.site
+                    )),
+                    Some(r) => {
+                        for s in allowed {
+                            if !r.ports.contains_key(s) {
+                                p.push(format!(
+                                    "{at} field \"ports.{s}\": redirector {:?} does not serve {s}",
+                                    r.name
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -187,3 +187,98 @@ fn sink_must_be_in_an_internet_zone() {
     );
     assert_problem(&text, &["node \"outside\"", "ports.sms", "sink"]);
 }
+
+/// The west site's Internet edge: an access list, two routers and a redirector.
+const WEST_INTERNET_EDGE: &str = r#"
+[[acl]]
+zone = "internet"
+allow = ["smtp"]
+
+[[node]]
+name = "router-x1"
+role = "router"
+site = "west"
+zones = ["internet"]
+address = "127.10.1.201"
+ports = { smtp = 2525, imap = 1143, store = 7100 }
+admin = 9180
+
+[[node]]
+name = "router-x2"
+role = "router"
+site = "west"
+zones = ["internet"]
+address = "127.10.1.202"
+ports = { smtp = 2525 }
+admin = 9180
+
+[[node]]
+name = "redirector-x"
+role = "redirector"
+site = "west"
+zones = ["internet"]
+address = "127.10.1.205"
+ports = { smtp = 2525 }
+admin = 9100
+"#;
+
+#[test]
+fn edge_nodes_know_where_they_forward() {
+    let text = format!("{}{WEST_INTERNET_EDGE}", two_site_text());
+    let t = Topology::parse(&text, Path::new("edge.toml")).expect("edge topology is valid");
+    assert!(t.acl_allows("internet", "smtp"));
+    assert!(!t.acl_allows("internet", "imap"));
+    assert!(!t.acl_allows("isolated", "smtp"));
+    assert_eq!(
+        t.redirector("west", "internet").map(|n| n.name.as_str()),
+        Some("redirector-x")
+    );
+    assert!(t.redirector("east", "internet").is_none());
+    let routers: Vec<_> = t
+        .routers("west", "internet")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(routers, ["router-x1", "router-x2"]);
+    let backends: Vec<_> = t
+        .backends("west", "internet", "smtp")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(backends, ["inet-mx-w1", "inet-mx-w2"]);
+    assert!(t.backends("west", "internet", "imap").is_empty());
+    let proxies = t.proxy_addresses();
+    assert_eq!(proxies.len(), 3);
+    assert!(proxies.contains(&"127.10.1.205".parse().unwrap()));
+    assert_eq!(t.edge.check_interval.as_millis(), 250);
+    assert_eq!((t.edge.check_fall, t.edge.check_rise), (2, 2));
+}
+
+#[test]
+fn router_that_forwards_needs_a_redirector() {
+    let edge = WEST_INTERNET_EDGE.replace("role = \"redirector\"", "role = \"inet-mx\"");
+    assert_problem(
+        &format!("{}{edge}", two_site_text()),
+        &["router-x1", "has no redirector"],
+    );
+}
+
+#[test]
+fn acl_allows_only_mail_services_in_edge_zones() {
+    let bad = "\n[[acl]]\nzone = \"lan-west\"\nallow = [\"store\"]\n";
+    let text = format!("{}{bad}", two_site_text());
+    assert_problem(&text, &["zone \"lan-west\"", "not a LAN"]);
+    assert_problem(&text, &["\"store\"", "not a mail service"]);
+}
+
+#[test]
+fn redirector_balances_mail_services_only() {
+    let edge = WEST_INTERNET_EDGE.replace(
+        "ports = { smtp = 2525 }\nadmin = 9100",
+        "ports = { smtp = 2525, store = 7100 }\nadmin = 9100",
+    );
+    assert_problem(
+        &format!("{}{edge}", two_site_text()),
+        &["redirector-x", "ports.store", "mail services only"],
+    );
+}
