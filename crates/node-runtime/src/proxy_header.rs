@@ -115,14 +115,16 @@ mod tests {
 
     #[tokio::test]
     async fn proxy_header_round_trips_the_client_address() {
-        let client: SocketAddr = "203.0.113.7:40123".parse().unwrap();
-        let local: SocketAddr = "127.10.1.5:2525".parse().unwrap();
+        let client: SocketAddr = "203.0.113.7:40123".parse().expect("valid");
+        let local: SocketAddr = "127.10.1.5:2525".parse().expect("valid");
         let mut bytes = encode(client, local);
         assert_eq!(&bytes[..12], v2::PROTOCOL_PREFIX);
         assert_eq!(bytes.len(), 16 + 12, "IPv4 addresses take 12 bytes");
         bytes.extend_from_slice(b"EHLO x\r\n");
         let mut reader = bytes.as_slice();
-        let got = read(&mut reader, Duration::from_secs(1)).await.unwrap();
+        let got = read(&mut reader, Duration::from_secs(1))
+            .await
+            .expect("valid");
         assert_eq!(got, Some(client));
         assert_eq!(
             reader, b"EHLO x\r\n",
@@ -135,14 +137,16 @@ mod tests {
         let bytes = encode_local();
         let got = read(&mut bytes.as_slice(), Duration::from_secs(1))
             .await
-            .unwrap();
+            .expect("valid");
         assert_eq!(got, None);
     }
 
     #[tokio::test]
     async fn plain_protocol_bytes_are_not_a_header() {
         let mut input: &[u8] = b"EHLO client.example\r\n";
-        let err = read(&mut input, Duration::from_secs(1)).await.unwrap_err();
+        let err = read(&mut input, Duration::from_secs(1))
+            .await
+            .expect_err("must be refused");
         assert!(matches!(err, ProxyHeaderError::Parse(_)), "{err}");
     }
 
@@ -152,19 +156,24 @@ mod tests {
         big.extend_from_slice(&[0x21, 0x11, 0xff, 0xff]);
         let err = read(&mut big.as_slice(), Duration::from_secs(1))
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert!(matches!(err, ProxyHeaderError::TooLong(_)), "{err}");
-        let full = encode("10.0.0.1:1".parse().unwrap(), "10.0.0.2:2".parse().unwrap());
+        let full = encode(
+            "10.0.0.1:1".parse().expect("valid"),
+            "10.0.0.2:2".parse().expect("valid"),
+        );
         let err = read(&mut &full[..20], Duration::from_secs(1))
             .await
-            .unwrap_err();
+            .expect_err("must be refused");
         assert!(matches!(err, ProxyHeaderError::Closed), "{err}");
     }
 
     #[tokio::test]
     async fn silence_times_out() {
         let (mut a, _b) = tokio::io::duplex(64);
-        let err = read(&mut a, Duration::from_millis(50)).await.unwrap_err();
+        let err = read(&mut a, Duration::from_millis(50))
+            .await
+            .expect_err("must be refused");
         assert!(matches!(err, ProxyHeaderError::Timeout(_)), "{err}");
     }
 }

@@ -249,7 +249,7 @@ fn edge_nodes_know_where_they_forward() {
     assert!(t.backends("west", "internet", "imap").is_empty());
     let proxies = t.proxy_addresses();
     assert_eq!(proxies.len(), 3);
-    assert!(proxies.contains(&"127.10.1.205".parse().unwrap()));
+    assert!(proxies.contains(&"127.10.1.205".parse().expect("an address")));
     assert_eq!(t.edge.check_interval.as_millis(), 250);
     assert_eq!((t.edge.check_fall, t.edge.check_rise), (2, 2));
 }
