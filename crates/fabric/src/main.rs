@@ -83,11 +83,39 @@ enum Command {
         #[command(subcommand)]
         command: BlocklistCommand,
     },
+    /// Send one message like a remote MTA: MX lookup in the fabric's DNS, exchangers in preference
+    /// order, each address in turn. Prints the fabric message id and the host that took it.
+    Send {
+        #[arg(long)]
+        from: String,
+        /// A recipient (repeatable; all of one domain).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        #[arg(long, default_value = "Hello from fabric send")]
+        subject: String,
+        /// The body (default: one line of text).
+        #[arg(long)]
+        body_file: Option<PathBuf>,
+        #[command(flatten)]
+        target: cli::send::Target,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// What the simulated outside world (the sink nodes) received from the fabric.
     Outside {
         #[command(subcommand)]
         command: OutsideCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Send many messages the way `fabric send` does (MX lookup, failover between exchangers) and
+    /// print the rate and latency.
+    Smtp(cli::bench_smtp::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,7 +218,7 @@ impl SignalName {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
@@ -267,6 +295,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             BlocklistCommand::List => cli::directory::blocklist_list(&data_dir).await,
         },
+        Command::Send {
+            from,
+            to,
+            subject,
+            body_file,
+            target,
+        } => {
+            cli::send::send(
+                &data_dir,
+                &target,
+                &from,
+                &to,
+                &subject,
+                body_file.as_deref(),
+            )
+            .await
+        }
+        Command::Bench {
+            command: BenchCommand::Smtp(args),
+        } => cli::bench_smtp::run(&data_dir, &args).await,
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

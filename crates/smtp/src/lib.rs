@@ -5,6 +5,8 @@
 //! - `reader`: CRLF-only lines with hard limits and no unbounded buffering.
 //! - `address`: paths, their limits, and the relay forms refused.
 //! - `reply`: replies with enhanced status codes.
+//! - `client`: a small client for one delivery, with an outcome per recipient (inet-mx's outbound
+//!   worker, `fabric send`).
 //! - `session`: the state machine; roles implement [`Handler`]. In submission mode
 //!   ([`Config::submission`]) it offers AUTH PLAIN/LOGIN (RFC 4954) inside TLS only and MAIL needs an
 //!   authenticated session (`session/auth.rs`).
@@ -13,6 +15,7 @@
 //! `fabric_smtp_refusals_total{kind}`, `fabric_smtp_auth_total{result}`.
 
 pub mod address;
+pub mod client;
 pub mod reader;
 pub mod reply;
 pub mod session;

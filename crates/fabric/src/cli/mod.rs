@@ -1,8 +1,10 @@
 //! The subcommands of `fabric`.
 
+pub mod bench_smtp;
 pub mod control;
 pub mod directory;
 pub mod outside;
+pub mod send;
 pub mod status;
 pub mod trace;
 pub mod up;

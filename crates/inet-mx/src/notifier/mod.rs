@@ -26,7 +26,7 @@ use store_client::{Method, StoreClient};
 use tokio::sync::Semaphore;
 use topology::{Role, Topology};
 
-use crate::outbound::client::Outcome;
+use smtp::client::Outcome;
 
 /// Messages whose notifications may be under way at once.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -238,7 +238,7 @@ impl Inner {
             });
         };
         // The same SMTP client as outbound delivery, for one recipient.
-        let outcome = crate::outbound::client::deliver(
+        let outcome = smtp::client::deliver(
             mx,
             &self.hostname,
             "",

@@ -17,7 +17,6 @@
 //! `fabric_outbound_deferred_total`, `fabric_outbound_bounced_total` (per recipient).
 
 mod bounce;
-pub mod client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +27,7 @@ use store_client::{Leased, StoreClient};
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
 
-use client::Outcome;
+use smtp::client::{self, Outcome};
 
 /// The queue the transfer servers fill and this worker drains.
 pub const QUEUE: &str = "to-internet";
