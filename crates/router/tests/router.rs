@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Edge, FakeRedirector, assert_refused, connect_from, round_trip};
+use common::{Edge, FakeRedirector, assert_refused_at, connect_from, round_trip};
 
 /// A sender on the Internet side, and a customer machine on the isolated side (addresses of their own).
 const SENDER: &str = "127.10.9.77";
@@ -90,8 +90,8 @@ async fn every_refused_port_is_reset_without_a_byte_and_counted() -> anyhow::Res
     ];
     for (router, from, zone, services) in refused {
         for service in services {
-            let s = connect_from(from, edge.addr(router, service)?).await?;
-            assert_refused(s, &format!("{router} {service}")).await?;
+            let to = edge.addr(router, service)?;
+            assert_refused_at(from, to, &format!("{router} {service}")).await?;
         }
         for service in services {
             let series = format!("fabric_acl_denied_total{{rule=\"{zone}:{service}\"}}");
@@ -173,9 +173,9 @@ async fn without_its_site_redirector_a_flow_goes_to_the_other_site() -> anyhow::
     );
 
     // With no redirector at all, the client is closed without a byte, and that is counted.
-    drop(east);
-    let client = connect_from(SENDER, edge.addr("router-inet-w1", "smtp")?).await?;
-    assert_refused(client, "no redirector").await?;
+    east.close().await;
+    let to = edge.addr("router-inet-w1", "smtp")?;
+    assert_refused_at(SENDER, to, "no redirector").await?;
     assert_eq!(
         edge.metric(
             "router-inet-w1",

@@ -94,6 +94,14 @@ pub fn edge_topology() -> anyhow::Result<Topology> {
     Ok(Topology::parse(&text, Path::new("edge-test.toml"))?)
 }
 
+/// The edge topology with its ports shifted into a slot held by the returned value.
+pub fn shifted_topology() -> anyhow::Result<(testkit::PortSlot, Topology)> {
+    let slot = testkit::PortSlot::claim()?;
+    let mut t = edge_topology()?;
+    t.offset_ports(slot.offset()).map_err(anyhow::Error::msg)?;
+    Ok((slot, t))
+}
+
 /// Router processes of the edge topology, in a port slot and a directory of their own.
 pub struct Edge {
     pub launcher: Launcher,
@@ -104,9 +112,7 @@ pub struct Edge {
 
 impl Edge {
     pub fn new() -> anyhow::Result<Edge> {
-        let slot = testkit::PortSlot::claim()?;
-        let mut t = edge_topology()?;
-        t.offset_ports(slot.offset()).map_err(anyhow::Error::msg)?;
+        let (slot, t) = shifted_topology()?;
         let dir = tempfile::Builder::new()
             .prefix("fabric-router-")
             .tempdir()?;
@@ -237,7 +243,7 @@ pub struct Arrival {
 /// then echoes until EOF and closes its side.
 pub struct FakeRedirector {
     pub arrivals: mpsc::UnboundedReceiver<Arrival>,
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl FakeRedirector {
@@ -263,7 +269,10 @@ impl FakeRedirector {
                 });
             }
         });
-        Ok(FakeRedirector { arrivals, task })
+        Ok(FakeRedirector {
+            arrivals,
+            task: Some(task),
+        })
     }
 
     /// The next connection that arrived (bounded wait).
@@ -274,9 +283,21 @@ impl FakeRedirector {
     }
 }
 
+impl FakeRedirector {
+    /// Stops listening (the listener is closed when this returns).
+    pub async fn close(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for FakeRedirector {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 
@@ -288,6 +309,22 @@ pub async fn round_trip(mut s: TcpStream, payload: &[u8]) -> anyhow::Result<Stri
     let mut got = Vec::new();
     timeout(s.read_to_end(&mut got)).await??;
     Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Connects to a refused port and asserts the router reset it without a byte. On loopback the reset
+/// can arrive before the connecting task looks at its socket: then `connect` itself reports it (a
+/// refusal by a closed port, ECONNREFUSED, does not pass).
+pub async fn assert_refused_at(from: &str, to: SocketAddr, what: &str) -> anyhow::Result<()> {
+    match connect_from(from, to).await {
+        Ok(s) => assert_refused(s, what).await,
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!("connecting to {what}"))),
+    }
 }
 
 /// Asserts the router refused `s`: a reset or an EOF, and not one byte.
