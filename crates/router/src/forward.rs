@@ -1,0 +1,150 @@
+//! Forwarding an allowed connection: open a connection to the first redirector that answers (the
+//! site's own, then the other sites'), from the router's own address, write the PROXY v2 header naming
+//! the client, then splice both ways until both sides are done.
+//!
+//! The client sees nothing until a redirector has answered: if none does, its connection is closed
+//! (a FIN, not a reset, so it is told apart from an access-list refusal) and counted.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use metrics::Counter;
+use node_runtime::proxy_header;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::plan::Upstream;
+use crate::stats::Stats;
+
+/// How long one redirector has to accept the connection before the next is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a forwarded connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no redirector answered ({0} tried)")]
+    NoUpstream(usize),
+    #[error("writing the PROXY header: {0}")]
+    Header(io::Error),
+    #[error("splicing: {0}")]
+    Splice(io::Error),
+}
+
+/// Serves one allowed connection to its end. `local` is the router's address the client connected to.
+pub async fn forward(
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    source: IpAddr,
+    service: &str,
+    upstreams: &[Upstream],
+    stats: &Stats,
+) -> Result<(), ForwardError> {
+    let Some((mut upstream, chosen)) = connect_first(source, upstreams).await else {
+        metrics::counter!("fabric_router_upstream_failures_total", "service" => service.to_string())
+            .increment(1);
+        stats.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(client = %peer, service, tried = upstreams.len(), "no redirector answered; closing the connection");
+        return Err(ForwardError::NoUpstream(upstreams.len()));
+    };
+    metrics::counter!("fabric_router_upstream_total", "path" => chosen.path).increment(1);
+    match chosen.path {
+        "local" => stats.upstream_local.fetch_add(1, Ordering::Relaxed),
+        _ => stats.upstream_other_site.fetch_add(1, Ordering::Relaxed),
+    };
+    if chosen.path != "local" {
+        tracing::info!(client = %peer, service, redirector = %chosen.name, "forwarded to the other site's redirector");
+    }
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    upstream
+        .write_all(&proxy_header::encode(peer, local))
+        .await
+        .map_err(ForwardError::Header)?;
+    let mut client = Counted {
+        inner: client,
+        read: metrics::counter!("fabric_router_bytes_total", "direction" => "to_upstream"),
+    };
+    let mut upstream = Counted {
+        inner: upstream,
+        read: metrics::counter!("fabric_router_bytes_total", "direction" => "to_client"),
+    };
+    // Each direction is shut down (FIN) when its reader reaches EOF; the other keeps flowing.
+    tokio::io::copy_bidirectional(&mut client, &mut upstream)
+        .await
+        .map(|_| ())
+        .map_err(ForwardError::Splice)
+}
+
+/// The first upstream that accepts a connection within [`CONNECT_TIMEOUT`].
+async fn connect_first(source: IpAddr, upstreams: &[Upstream]) -> Option<(TcpStream, &Upstream)> {
+    for u in upstreams {
+        match connect(source, u.addr).await {
+            Ok(s) => return Some((s, u)),
+            Err(e) => {
+                metrics::counter!("fabric_router_upstream_attempt_failures_total", "redirector" => u.name.clone())
+                    .increment(1);
+                tracing::debug!(redirector = %u.name, addr = %u.addr, error = %e, "redirector did not answer; trying the next");
+            }
+        }
+    }
+    None
+}
+
+/// A connection from the router's own address (so the redirector knows it is from a router).
+async fn connect(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match to {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if source.is_ipv4() == to.is_ipv4() {
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// A stream that counts the bytes read from it.
+struct Counted {
+    inner: TcpStream,
+    read: Counter,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.read.increment(n as u64);
+        }
+        poll
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
