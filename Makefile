@@ -16,9 +16,10 @@ status:
 down:
 	@target/debug/fabric down
 
-# Tools the tests drive: promtool (Prometheus) checks /metrics, swaks is an SMTP client nobody here wrote.
+# Tools the tests drive: promtool (Prometheus) checks /metrics, swaks is an SMTP client nobody here wrote,
+# dig (Debian's dnsutils) is the DNS client that asks the fabric's DNS.
 tools:
-	@command -v promtool >/dev/null && command -v swaks >/dev/null && perl -MNet::SSLeay -e1 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus swaks libnet-ssleay-perl libio-socket-ssl-perl)
+	@command -v promtool >/dev/null && command -v swaks >/dev/null && command -v dig >/dev/null && perl -MNet::SSLeay -e1 2>/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus swaks dnsutils libnet-ssleay-perl libio-socket-ssl-perl)
 
 promtool: tools
 
