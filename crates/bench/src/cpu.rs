@@ -20,6 +20,11 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// User + system CPU seconds of process `pid` so far.
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    cpu_seconds(&pid.to_string())
+}
+
 /// CPU seconds of each watched process at one instant.
 #[derive(Debug, Clone, Default)]
 pub struct Reading {

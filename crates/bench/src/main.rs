@@ -4,6 +4,8 @@
 //! hurts all alike), and the table reports each configuration's median round.
 
 mod cpu;
+mod edge;
+mod edge_failover;
 mod internals;
 mod lean_http;
 mod raw;
@@ -73,6 +75,24 @@ struct Args {
     /// Concurrent clients (worker processes) of the reading load.
     #[arg(long, default_value_t = 20)]
     read_workers: usize,
+    /// Skip the edge rows (fabric-redirector vs HAProxy in front of smtp-sink backends).
+    #[arg(long)]
+    no_edge: bool,
+    /// Run only the edge rows (no fabric is started).
+    #[arg(long)]
+    only_edge: bool,
+    /// Interleaved rounds of the edge rows.
+    #[arg(long, default_value_t = 3)]
+    edge_rounds: usize,
+    /// Messages per edge round and system (smtp-source -m).
+    #[arg(long, default_value_t = 10000)]
+    edge_messages: usize,
+    /// One-session transactions per edge round and system, for the latency columns.
+    #[arg(long, default_value_t = 300)]
+    edge_latency: usize,
+    /// Failover rounds per proxy (a backend SIGKILLed under load).
+    #[arg(long, default_value_t = 1)]
+    edge_failover_rounds: usize,
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -123,6 +143,9 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("bench-")
         .tempdir_in(&base)?;
+    if args.only_edge {
+        return edge_rows(&args, work.path()).await;
+    }
 
     // The fabric, as `fabric up` runs it, on ports of its own.
     let mut topology = topology::Topology::load(&args.topology)?;
@@ -165,7 +188,25 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.kill();
         let _ = child.wait();
     }
-    result
+    result?;
+    if args.no_edge {
+        return Ok(());
+    }
+    edge_rows(&args, work.path()).await
+}
+
+/// The redirector vs HAProxy rows (they need no fabric: smtp-sink backends).
+async fn edge_rows(args: &Args, work: &std::path::Path) -> anyhow::Result<()> {
+    let options = edge::Options {
+        rounds: args.edge_rounds,
+        messages: args.edge_messages,
+        sessions: args.smtp_sessions,
+        latency_transactions: args.edge_latency,
+        failover_rounds: args.edge_failover_rounds,
+    };
+    let dir = work.join("edge");
+    std::fs::create_dir_all(&dir)?;
+    edge::rows(&options, &std::env::current_dir()?, &dir).await
 }
 
 async fn run(

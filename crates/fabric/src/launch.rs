@@ -230,7 +230,8 @@ impl FabricStatePaths {
 }
 
 #[allow(unsafe_code)]
-fn die_with_parent(command: &mut Command) {
+/// Makes the child get SIGKILL when the process that spawned it dies (Linux `PR_SET_PDEATHSIG`).
+pub fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which is
     // async-signal-safe; it allocates nothing and touches no lock.
     unsafe {

@@ -12,6 +12,6 @@ pub mod launch;
 pub mod process;
 pub mod state;
 
-pub use launch::{LaunchError, Launcher, SpawnOptions, find_bin_dir};
+pub use launch::{LaunchError, Launcher, SpawnOptions, die_with_parent, find_bin_dir};
 pub use process::ProcState;
 pub use state::{FabricState, NodeRecord};

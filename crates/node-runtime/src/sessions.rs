@@ -64,6 +64,26 @@ pub async fn accept_until_shutdown<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
+    accept_with_peer_until_shutdown(ctx, listener, limit, busy, move |stream, client, _| {
+        serve(stream, client)
+    })
+    .await
+}
+
+/// [`accept_until_shutdown`] for a serve closure that also needs the TCP peer, i.e. the hop the
+/// connection came from (a router or redirector when it carried a PROXY header), beside the client
+/// it is served as: `serve(stream, client, peer)`. A redirector uses it to keep what another site's
+/// redirector sends it on its own servers.
+pub async fn accept_with_peer_until_shutdown<F, Fut>(
+    ctx: &NodeContext,
+    listener: TcpListener,
+    limit: SessionLimit,
+    busy: &'static [u8],
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
     let proxies: Arc<Vec<std::net::Ipv4Addr>> = Arc::new(ctx.topology.proxy_addresses());
     loop {
         let (mut stream, peer) = tokio::select! {
@@ -80,7 +100,7 @@ pub async fn accept_until_shutdown<F, Fut>(
         let (serve, permits, proxies) = (serve.clone(), limit.permits.clone(), proxies.clone());
         ctx.tasks.spawn(async move {
             let from_proxy = matches!(peer.ip(), std::net::IpAddr::V4(ip) if proxies.contains(&ip));
-            let peer = if from_proxy {
+            let client = if from_proxy {
                 match proxy_header::read(&mut stream, PROXY_HEADER_DEADLINE).await {
                     Ok(client) => client.unwrap_or(peer),
                     Err(e) => {
@@ -97,8 +117,8 @@ pub async fn accept_until_shutdown<F, Fut>(
                 let _ = stream.write_all(busy).await;
                 return;
             };
-            if let Err(e) = serve(stream, peer).await {
-                tracing::debug!(peer = %peer, error = %e, "session ended with an I/O error");
+            if let Err(e) = serve(stream, client, peer).await {
+                tracing::debug!(peer = %client, error = %e, "session ended with an I/O error");
             }
         });
     }

@@ -1,4 +1,4 @@
-//! The access-list plan of every router of `topology/edge-routers.snippet.toml`: for each (zone, router,
+//! The access-list plan of every router of `topology/two-site.toml`: for each (zone, router,
 //! port) which flows pass, where they go, and which are refused under which rule. No process needed.
 
 mod common;

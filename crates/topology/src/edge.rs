@@ -31,6 +31,12 @@ pub struct Edge {
     /// How often a DNS server reads the sites' load and health to re-weight its MX preferences.
     #[serde(with = "humantime_serde")]
     pub dns_refresh: Duration,
+    /// Whether a redirector opens each backend connection with a PROXY v2 header naming the real
+    /// client (and its health checks with a LOCAL header). On by default: the fabric's servers require
+    /// the header on every connection from a redirector address. The bench turns it off in front of
+    /// `smtp-sink` backends, which do not speak PROXY (HAProxy's config there has no `send-proxy`
+    /// either). Connections to another site's redirector always carry the header.
+    pub send_proxy: bool,
 }
 
 impl Default for Edge {
@@ -41,6 +47,7 @@ impl Default for Edge {
             check_rise: 2,
             dns_ttl: Duration::from_secs(5),
             dns_refresh: Duration::from_secs(1),
+            send_proxy: true,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! What the router tests share: the edge topology (two-site.toml, the routers of
-//! `topology/edge-routers.snippet.toml` and stand-in redirectors), real `fabric-router` processes
+//! `topology/two-site.toml` and stand-in redirectors), real `fabric-router` processes
 //! started by the fabric's launcher and SIGKILLed on drop, and a redirector played by the test.
 #![allow(dead_code)]
 
@@ -76,19 +76,14 @@ pub fn workspace_root() -> PathBuf {
     testkit::workspace_root()
 }
 
-/// two-site.toml with its edge (if it has one by now) replaced by the routers and access lists of
-/// `topology/edge-routers.snippet.toml` and the redirectors above; validated.
+/// two-site.toml (its routers and access lists) with its redirectors replaced by the stand-ins above;
+/// validated.
 pub fn edge_topology() -> anyhow::Result<Topology> {
     let root = workspace_root();
     let base = std::fs::read_to_string(root.join("topology/two-site.toml"))?;
     let mut t: Topology = toml::from_str(&base).context("two-site.toml")?;
-    t.nodes
-        .retain(|n| !matches!(n.role(), Role::Router | Role::Redirector));
-    let snippet = std::fs::read_to_string(root.join("topology/edge-routers.snippet.toml"))?;
-    let routers: Fragment = toml::from_str(&snippet).context("edge-routers.snippet.toml")?;
+    t.nodes.retain(|n| n.role() != Role::Redirector);
     let redirectors: Fragment = toml::from_str(REDIRECTORS).context("test redirectors")?;
-    t.acls = routers.acls;
-    t.nodes.extend(routers.nodes);
     t.nodes.extend(redirectors.nodes);
     let text = t.to_toml()?;
     Ok(Topology::parse(&text, Path::new("edge-test.toml"))?)

@@ -1,0 +1,158 @@
+//! One client session: pick a backend, open a connection to it from the redirector's own address
+//! (with a PROXY v2 header naming the client), wait for the server's greeting, and only then hand
+//! the greeting to the client and splice the two sockets. A connect, header or greeting that fails
+//! is counted against that backend and the session goes to the next one, so a dead server costs the
+//! client nothing; only when every candidate failed does the client get the protocol's "unavailable"
+//! line.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use node_runtime::proxy_header;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::pool::{Backend, Kind, Pool, Source};
+use crate::service::Service;
+
+/// How the redirector opens its connections.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    /// The node's own address: servers recognise a proxy by it.
+    pub source: IpAddr,
+    /// PROXY v2 headers to local backends (always to other-site redirectors).
+    pub send_proxy: bool,
+    pub connect_timeout: Duration,
+    /// How long a server may take to greet a client session.
+    pub greeting_timeout: Duration,
+    /// The fabric's redirectors: a session from one of them stays on local backends.
+    pub redirectors: Arc<Vec<IpAddr>>,
+}
+
+impl Dialer {
+    /// Connects to `b`, from the node's address and sending `header` first if there is one (without
+    /// a header the kernel picks the source, so a server does not take the connection for a proxy's).
+    pub async fn connect(
+        &self,
+        b: &Backend,
+        header: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<TcpStream, String> {
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        if header.is_some() {
+            // A server takes a PROXY header only from a proxy's address: connect from the node's own.
+            // Ports in TIME_WAIT from earlier sessions may be bound again (the 4-tuple still differs).
+            let _ = socket.set_reuseaddr(true);
+            socket
+                .bind(SocketAddr::new(self.source, 0))
+                .map_err(|e| format!("binding {}: {e}", self.source))?;
+        }
+        let mut stream = tokio::time::timeout(timeout, socket.connect(b.addr))
+            .await
+            .map_err(|_| format!("connect timed out after {timeout:?}"))?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        if let Some(h) = header {
+            stream
+                .write_all(h)
+                .await
+                .map_err(|e| format!("sending the PROXY header: {e}"))?;
+        }
+        Ok(stream)
+    }
+
+    /// Whether connections to `b` start with a PROXY header.
+    pub fn proxies_to(&self, b: &Backend) -> bool {
+        self.send_proxy || b.kind == Kind::OtherSite
+    }
+}
+
+/// Reads until the greeting's first bytes can be judged; returns everything read.
+pub async fn read_greeting(
+    stream: &mut TcpStream,
+    service: Service,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let want = service.greeting();
+    let mut buf = Vec::with_capacity(512);
+    let read = async {
+        let mut chunk = [0u8; 512];
+        while buf.len() < want.len() && !buf.contains(&b'\n') {
+            let n = stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| format!("reading the greeting: {e}"))?;
+            if n == 0 {
+                return Err("closed before its greeting".to_string());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| format!("no greeting within {timeout:?}"))??;
+    if buf.starts_with(want) {
+        Ok(buf)
+    } else {
+        let line = buf.split(|c| *c == b'\n').next().unwrap_or_default();
+        Err(format!(
+            "greeted with {:?}",
+            String::from_utf8_lossy(&line[..line.len().min(80)]).trim_end()
+        ))
+    }
+}
+
+/// Serves one client connection (`client` as named by a PROXY header, `peer` the TCP hop).
+pub async fn serve(
+    pool: Arc<Pool>,
+    dialer: Arc<Dialer>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    pool.session_started();
+    let local_only = dialer.redirectors.contains(&peer.ip());
+    let local = stream.local_addr()?;
+    let header = proxy_header::encode(client, local);
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    loop {
+        let Some(b) = pool.next(&tried, local_only) else {
+            pool.session_failed();
+            tracing::warn!(service = pool.service.as_str(), client = %client, tried = tried.len(), local_only, "no backend could take the session");
+            let _ = stream.write_all(pool.service.unavailable()).await;
+            let _ = stream.shutdown().await;
+            return Ok(());
+        };
+        if !tried.is_empty() {
+            pool.retried();
+        }
+        let guard = b.take();
+        let h = dialer.proxies_to(&b).then_some(header.as_slice());
+        let opened = match dialer.connect(&b, h, dialer.connect_timeout).await {
+            Ok(mut upstream) => {
+                match read_greeting(&mut upstream, pool.service, dialer.greeting_timeout).await {
+                    Ok(greeting) => Ok((upstream, greeting)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok((mut upstream, greeting)) => {
+                b.success(Source::Connect);
+                stream.write_all(&greeting).await?;
+                let result = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+                drop(guard);
+                return result.map(|_| ());
+            }
+            Err(e) => {
+                tracing::debug!(backend = %b.name, service = pool.service.as_str(), error = %e, "backend failed a client connect; trying the next");
+                b.failure(Source::Connect, &e);
+                drop(guard);
+                tried.push(b);
+            }
+        }
+    }
+}
