@@ -6,6 +6,7 @@
 mod cpu;
 mod edge;
 mod edge_failover;
+mod edge_overhead;
 mod internals;
 mod lean_http;
 mod raw;
@@ -90,6 +91,10 @@ struct Args {
     /// One-session transactions per edge round and system, for the latency columns.
     #[arg(long, default_value_t = 300)]
     edge_latency: usize,
+    /// Transactions per round and path of the edge overhead rows (the fabric's own edge: straight to
+    /// an inet-mx versus through a router and a redirector).
+    #[arg(long, default_value_t = 2000)]
+    edge_overhead_messages: usize,
     /// Failover rounds per proxy (a backend SIGKILLed under load).
     #[arg(long, default_value_t = 1)]
     edge_failover_rounds: usize,
@@ -182,6 +187,18 @@ async fn main() -> anyhow::Result<()> {
     let result = run(&args, &launcher, &stores, work.path(), duration).await;
     let result = match result {
         Ok(()) if !args.no_read => reading::rows(&args, &launcher, work.path(), &pids).await,
+        other => other,
+    };
+    let result = match result {
+        Ok(()) if !args.no_edge => {
+            edge_overhead::rows(
+                &launcher,
+                args.edge_rounds,
+                args.edge_overhead_messages,
+                args.smtp_sessions,
+            )
+            .await
+        }
         other => other,
     };
     for (_, child) in &mut children {

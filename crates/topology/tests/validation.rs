@@ -13,34 +13,15 @@ fn two_site_text() -> String {
         .expect("two-site.toml is readable")
 }
 
-/// two-site.toml without its edge nodes (redirectors, routers, DNS servers), for tests that add
-/// their own edge.
+/// two-site.toml without its edge (redirectors, routers, DNS servers, access lists), for tests that
+/// add their own.
 fn two_site_without_edge_nodes() -> String {
-    let text = two_site_text();
-    let mut out = Vec::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line.trim() != "[[node]]" {
-            out.push(line);
-            continue;
-        }
-        let mut block = vec![line];
-        while let Some(next) = lines.peek() {
-            let t = next.trim();
-            if t.is_empty() || t.starts_with('[') || t.starts_with('#') {
-                break;
-            }
-            block.push(next);
-            lines.next();
-        }
-        let edge = ["redirector", "router", "dns"]
-            .iter()
-            .any(|r| block.contains(&format!("role = \"{r}\"").as_str()));
-        if !edge {
-            out.extend(block);
-        }
-    }
-    out.join("\n") + "\n"
+    let mut t =
+        Topology::parse(&two_site_text(), Path::new("two-site.toml")).expect("two-site is valid");
+    t.nodes
+        .retain(|n| !matches!(n.role(), Role::Redirector | Role::Router | Role::Dns));
+    t.acls.clear();
+    t.to_toml().expect("serializes")
 }
 
 /// Parses `text` as if it were `bad.toml` and returns the problems (panics if it was valid).
