@@ -135,7 +135,7 @@ async fn the_edge_filters_balances_and_keeps_mail_flowing() -> anyhow::Result<()
     let (mut passed, mut refused) = (0, 0);
     for router in &routers {
         let zone = router.zones[0].clone();
-        for (service, _) in &router.ports {
+        for service in router.ports.keys() {
             let to = router.service_addr(service).context("port")?;
             let got = first_bytes(client_ip(&zone), to, Duration::from_secs(3)).await?;
             let text = String::from_utf8_lossy(&got).to_string();
