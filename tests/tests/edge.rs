@@ -241,6 +241,49 @@ print(json.dumps("ok"))
     let trace = ann.get_trace(id, None).await?;
     assert!(trace.to_string().contains("accepted"), "{trace}");
 
+    // fabric bench smtp drives load the same way; the rotating A records spread it over both routers.
+    let out = tokio::process::Command::new(testkit::bin_dir().join("fabric"))
+        .args([
+            "bench",
+            "smtp",
+            "--to",
+            "ann@acme.example",
+            "--messages",
+            "40",
+            "--concurrency",
+            "4",
+            "--json",
+            "--topology",
+        ])
+        .arg(file.path())
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "fabric bench smtp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["sent"], 40, "{report}");
+    assert_eq!(report["temporary_failures"], 0, "{report}");
+    let mut hosts: Vec<String> = report["by_host"]
+        .as_object()
+        .context("by_host")?
+        .keys()
+        .cloned()
+        .collect();
+    hosts.sort();
+    let west_routers: Vec<String> = t
+        .routers("west", "internet")
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(
+        hosts, west_routers,
+        "both west routers took a share: {report}"
+    );
+
     // 4. A router dies: senders move to the other one (the next A record).
     sandbox.kill("router-inet-w1", Signal::SIGKILL)?;
     for i in 0..6 {
@@ -255,9 +298,10 @@ print(json.dumps("ok"))
     for i in 0..4 {
         fabric_send(file.path(), "ann@acme.example", &format!("west down {i}")).await?;
     }
-    // Nothing accepted was lost: 1 (real address) + 1 (dns) + 6 (router down) + 4 (west down).
+    // Nothing accepted was lost: 1 (real address) + 1 (dns) + 40 (bench) + 6 (router down) + 4 (west
+    // down).
     poll(
-        "all 12 messages in ann's INBOX",
+        "all 52 messages in ann's INBOX",
         Duration::from_secs(60),
         || async {
             let n = ann
@@ -266,13 +310,13 @@ print(json.dumps("ok"))
                 .ok()?
                 .messages
                 .len();
-            (n >= 12).then_some(())
+            (n >= 52).then_some(())
         },
     )
     .await?;
     // A little longer, to see that nothing arrives twice.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let listing = ann.list_mailbox("ann@acme.example", "INBOX", None).await?;
-    assert_eq!(listing.messages.len(), 12, "each message exactly once");
+    assert_eq!(listing.messages.len(), 52, "each message exactly once");
     Ok(())
 }
