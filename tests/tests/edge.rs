@@ -4,7 +4,8 @@
 //!   protocol's greeting through the router; every other one is refused without a byte and counted.
 //! - The client's real address reaches the mail server through router and redirector.
 //! - `fabric send` finds the fabric through its DNS like a remote MTA and keeps getting its 250 while a
-//!   router dies and while every Internet mail server of the home site is dead.
+//!   router dies and while every Internet mail server of the home site is dead; customers reach their
+//!   intranet services through their router while one intranet server is dead.
 
 mod common;
 
@@ -298,6 +299,22 @@ print(json.dumps("ok"))
     for i in 0..4 {
         fabric_send(file.path(), "ann@acme.example", &format!("west down {i}")).await?;
     }
+    // 6. An intranet server dies: customers still reach IMAP, POP3 and submission through their
+    //    router (the isolated redirector takes it out and uses the other west server).
+    sandbox.kill("intranet-w1", Signal::SIGKILL)?;
+    let iso = t.node("router-iso-w1").context("router-iso-w1")?;
+    for i in 0..6 {
+        for service in ["imap", "pop3", "submission"] {
+            let to = iso.service_addr(service).context("port")?;
+            let got = first_bytes(client_ip("isolated"), to, Duration::from_secs(5)).await?;
+            let text = String::from_utf8_lossy(&got);
+            assert!(
+                text.starts_with(greeting(service)),
+                "{service} through router-iso-w1 with intranet-w1 dead (try {i}): {text:?}"
+            );
+        }
+    }
+
     // Nothing accepted was lost: 1 (real address) + 1 (dns) + 40 (bench) + 6 (router down) + 4 (west
     // down).
     poll(

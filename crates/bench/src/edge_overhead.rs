@@ -83,13 +83,13 @@ pub fn message() -> Vec<u8> {
     m
 }
 
-/// The rows: `rounds` interleaved rounds of `messages` transactions over `sessions` senders, straight
+/// The rows: for each sender count, `rounds` interleaved rounds of `messages` transactions, straight
 /// to the first Internet mail server and through the first Internet router of the same site.
 pub async fn rows(
     launcher: &fabric::Launcher,
     rounds: usize,
     messages: usize,
-    sessions: usize,
+    senders: &[usize],
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use topology::Role;
@@ -120,12 +120,45 @@ pub async fn rows(
     let direct = mx.service_addr("smtp").context("smtp port")?;
     let via = router.service_addr("smtp").context("smtp port")?;
     let body = Arc::new(message());
+    for &sessions in senders {
+        compare(
+            mx,
+            router,
+            direct,
+            via,
+            user,
+            rounds,
+            messages,
+            sessions,
+            body.clone(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// One pair of rows (straight, through the edge) at one sender count.
+#[allow(clippy::too_many_arguments)]
+async fn compare(
+    mx: &topology::Node,
+    router: &topology::Node,
+    direct: SocketAddr,
+    via: SocketAddr,
+    user: &str,
+    rounds: usize,
+    messages: usize,
+    sessions: usize,
+    body: Arc<Vec<u8>>,
+) -> anyhow::Result<()> {
     // Warm both paths (connections to the stores, health state of the redirector).
     round(direct, user, sessions, sessions, body.clone()).await?;
     round(via, user, sessions, sessions, body.clone()).await?;
     let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
     for r in 0..rounds {
-        eprintln!("edge overhead round {}/{rounds}", r + 1);
+        eprintln!(
+            "edge overhead, {sessions} senders: round {}/{rounds}",
+            r + 1
+        );
         for k in 0..2 {
             let which = (r + k) % 2;
             let target = if which == 0 { direct } else { via };

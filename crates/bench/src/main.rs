@@ -95,6 +95,10 @@ struct Args {
     /// an inet-mx versus through a router and a redirector).
     #[arg(long, default_value_t = 2000)]
     edge_overhead_messages: usize,
+    /// Sender counts of the edge overhead rows: a moderate load and the load that saturates this
+    /// machine's two cores (where the edge's own CPU competes with the mail server's).
+    #[arg(long, value_delimiter = ',', default_value = "4,20")]
+    edge_overhead_senders: Vec<usize>,
     /// Failover rounds per proxy (a backend SIGKILLed under load).
     #[arg(long, default_value_t = 1)]
     edge_failover_rounds: usize,
@@ -195,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
                 &launcher,
                 args.edge_rounds,
                 args.edge_overhead_messages,
-                args.smtp_sessions,
+                &args.edge_overhead_senders,
             )
             .await
         }
