@@ -70,6 +70,10 @@ impl MxSender {
         let mut opts = ResolverOpts::default();
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 2;
+        // Every message asks the DNS afresh, as independent senders do: the rotating A records and
+        // the re-weighted preferences then spread `fabric bench smtp` like real traffic (a cache
+        // would pin one process to the first answer for the records' TTL).
+        opts.cache_size = 0;
         let resolver =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
                 .with_options(opts)
