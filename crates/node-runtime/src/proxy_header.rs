@@ -85,6 +85,35 @@ async fn read_exact<S: AsyncRead + Unpin>(
     }
 }
 
+/// Opens a proxy's connection to its next hop from the proxy's own address `source` (servers take a
+/// PROXY header only from a router's or redirector's address, so the kernel must not pick 127.0.0.1),
+/// within `timeout`, with TCP_NODELAY. Ports in TIME_WAIT from earlier sessions may be bound again
+/// (the 4-tuple still differs). The caller writes the header.
+pub async fn connect_from(
+    source: std::net::IpAddr,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = match to {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if source.is_ipv4() == to.is_ipv4() {
+        let _ = socket.set_reuseaddr(true);
+        socket.bind(SocketAddr::new(source, 0))?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(to))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// The header a proxy sends first on a connection it opens for `client`, who connected to `local`.
 pub fn encode(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
     let version_command = v2::Version::Two as u8 | v2::Command::Proxy as u8;

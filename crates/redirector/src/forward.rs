@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use node_runtime::proxy_header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::pool::{Backend, Kind, Pool, Source};
 use crate::service::Service;
@@ -39,20 +39,12 @@ impl Dialer {
         header: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<TcpStream, String> {
-        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
-        if header.is_some() {
-            // A server takes a PROXY header only from a proxy's address: connect from the node's own.
-            // Ports in TIME_WAIT from earlier sessions may be bound again (the 4-tuple still differs).
-            let _ = socket.set_reuseaddr(true);
-            socket
-                .bind(SocketAddr::new(self.source, 0))
-                .map_err(|e| format!("binding {}: {e}", self.source))?;
+        let mut stream = if header.is_some() {
+            node_runtime::proxy_header::connect_from(self.source, b.addr, timeout).await
+        } else {
+            connect_plain(b.addr, timeout).await
         }
-        let mut stream = tokio::time::timeout(timeout, socket.connect(b.addr))
-            .await
-            .map_err(|_| format!("connect timed out after {timeout:?}"))?
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
+        .map_err(|e| format!("connect: {e}"))?;
         if let Some(h) = header {
             stream
                 .write_all(h)
@@ -66,6 +58,20 @@ impl Dialer {
     pub fn proxies_to(&self, b: &Backend) -> bool {
         self.send_proxy || b.kind == Kind::OtherSite
     }
+}
+
+/// A connection whose source the kernel picks (no PROXY header follows).
+async fn connect_plain(to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(to))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            )
+        })??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Reads until the greeting's first bytes can be judged; returns everything read.

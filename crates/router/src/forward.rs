@@ -15,7 +15,7 @@ use std::time::Duration;
 use metrics::Counter;
 use node_runtime::proxy_header;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::plan::Upstream;
 use crate::stats::Stats;
@@ -60,7 +60,6 @@ pub async fn forward(
         tracing::info!(client = %peer, service, redirector = %chosen.name, "forwarded to the other site's redirector");
     }
     let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
     upstream
         .write_all(&proxy_header::encode(peer, local))
         .await
@@ -97,16 +96,7 @@ async fn connect_first(source: IpAddr, upstreams: &[Upstream]) -> Option<(TcpStr
 
 /// A connection from the router's own address (so the redirector knows it is from a router).
 async fn connect(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
-    let socket = match to {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    if source.is_ipv4() == to.is_ipv4() {
-        socket.bind(SocketAddr::new(source, 0))?;
-    }
-    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    proxy_header::connect_from(source, to, CONNECT_TIMEOUT).await
 }
 
 /// A stream that counts the bytes read from it.

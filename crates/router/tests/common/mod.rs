@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use topology::Acl;
 use topology::{Node, Role, Topology};
 
 /// Every wait in these tests is bounded by this.
@@ -63,11 +62,9 @@ ports = { pop3 = 1110, imap = 1143, submission = 1587 }
 admin = 9100
 "#;
 
-/// The `[[acl]]` and `[[node]]` entries of a topology fragment.
+/// The `[[node]]` entries of a topology fragment.
 #[derive(Deserialize)]
 struct Fragment {
-    #[serde(rename = "acl", default)]
-    acls: Vec<Acl>,
     #[serde(rename = "node", default)]
     nodes: Vec<Node>,
 }
