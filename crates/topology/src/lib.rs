@@ -8,6 +8,7 @@
 //!
 //! This crate knows nothing about processes, sockets or storage: it only describes a fabric.
 
+mod continuity;
 mod edge;
 mod model;
 mod validate;

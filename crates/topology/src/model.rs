@@ -44,6 +44,10 @@ pub struct Topology {
 pub struct FabricInfo {
     /// A short name for the fabric, shown by `fabric status` and in logs.
     pub name: String,
+    /// The secret an operator gives to `fabric failover` (and the supervisors' manual endpoints).
+    /// Absent: manual failover is refused altogether.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_token: Option<String>,
 }
 
 /// Timing knobs; defaults come from the design brief.
@@ -72,6 +76,20 @@ pub struct Timing {
     /// How long an outbound message may wait for its remote MX before it is bounced to the sender.
     #[serde(with = "humantime_serde")]
     pub outbound_max_lifetime: Duration,
+    /// A relay asks its site's supervisor for a standby once the primary has failed this long...
+    #[serde(with = "humantime_serde")]
+    pub standby_after: Duration,
+    /// ...or this many delivery rounds in a row, whichever comes first.
+    pub standby_attempts: u32,
+    /// A sender whose mail still waits in a relay queue after this long gets a delay notice (RFC 3464).
+    #[serde(with = "humantime_serde")]
+    pub relay_delay_warning: Duration,
+    /// How long customer mail may wait in a relay queue before it is returned to the sender.
+    #[serde(with = "humantime_serde")]
+    pub relay_max_lifetime: Duration,
+    /// How often each site sends a probe message that must reach its probe mailbox.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
 }
 
 impl Default for Timing {
@@ -84,6 +102,11 @@ impl Default for Timing {
             shutdown_deadline: Duration::from_secs(10),
             outbound_retry: Duration::from_secs(60),
             outbound_max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            standby_after: Duration::from_secs(120),
+            standby_attempts: 4,
+            relay_delay_warning: Duration::from_secs(4 * 3600),
+            relay_max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            probe_interval: Duration::from_secs(60),
         }
     }
 }
@@ -160,12 +183,14 @@ pub enum Role {
     Transfer,
     Relay,
     Store,
+    /// One per site: invokes and retires standby servers when a relay (or an operator) asks.
+    Supervisor,
     /// The simulated Internet outside the fabric: remote MXes (an SMTP sink) and an SMS gateway.
     Sink,
 }
 
 impl Role {
-    pub const ALL: [Role; 9] = [
+    pub const ALL: [Role; 10] = [
         Role::Dns,
         Role::Router,
         Role::Redirector,
@@ -174,6 +199,7 @@ impl Role {
         Role::Transfer,
         Role::Relay,
         Role::Store,
+        Role::Supervisor,
         Role::Sink,
     ];
 
@@ -187,6 +213,7 @@ impl Role {
             Role::Transfer => "transfer",
             Role::Relay => "relay",
             Role::Store => "store",
+            Role::Supervisor => "supervisor",
             Role::Sink => "sink",
         }
     }
@@ -204,6 +231,8 @@ impl Role {
             Role::Intranet => &["pop3", "imap", "submission"],
             Role::Sink => &["smtp", "sms"],
             Role::Dns => &["dns"],
+            Role::Relay => &["smtp"],
+            Role::Supervisor => &["supervisor"],
             _ => &[],
         }
     }

@@ -162,7 +162,7 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                     ));
                 }
             }
-            if role == Role::Sink
+            if matches!(role, Role::Sink | Role::Relay)
                 && !n.zones.iter().any(|zname| {
                     t.zones
                         .iter()
@@ -170,7 +170,7 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                 })
             {
                 p.push(format!(
-                    "{at} field \"zones\": a sink node simulates the Internet and must be in an Internet-kind zone"
+                    "{at} field \"zones\": a {role} node faces the Internet and must be in an Internet-kind zone"
                 ));
             }
             if role != Role::Store && n.quota_bytes.is_some() {

@@ -1,0 +1,48 @@
+//! Guaranteed delivery and continuity: relay servers (the secondary MX of the other site's domains)
+//! and the supervisor of each site that invokes standby servers in place of failed ones.
+
+use std::net::Ipv4Addr;
+
+use crate::model::{Domain, Node, Role, Topology};
+
+impl Topology {
+    /// The relay servers of `site`: the secondary MX for every domain whose home is another site.
+    pub fn relays(&self, site: &str) -> Vec<&Node> {
+        self.nodes_with_role(Role::Relay)
+            .filter(|n| n.site == site)
+            .collect()
+    }
+
+    /// The domains the relays of `site` stand in for: every customer domain at home elsewhere.
+    pub fn relayed_domains(&self, site: &str) -> Vec<&Domain> {
+        self.domains.iter().filter(|d| d.home != site).collect()
+    }
+
+    /// The home site of a customer domain.
+    pub fn home_site(&self, domain: &str) -> Option<&str> {
+        self.domains
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(domain))
+            .map(|d| d.home.as_str())
+    }
+
+    /// The supervisor of `site` (the node that invokes and retires standby servers there).
+    pub fn supervisor(&self, site: &str) -> Option<&Node> {
+        self.nodes_with_role(Role::Supervisor)
+            .find(|n| n.site == site)
+    }
+
+    /// The addresses of every relay: a mail server trusts a relay's fabric message id (and only a
+    /// relay's) so that a message handed over twice is still delivered once.
+    pub fn relay_addresses(&self) -> Vec<Ipv4Addr> {
+        self.nodes_with_role(Role::Relay).map(|n| n.address).collect()
+    }
+
+    /// The mail servers a standby can stand in for at `site` (Internet and intranet mail servers).
+    pub fn mail_servers(&self, site: &str) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| n.site == site && matches!(n.role(), Role::InetMx | Role::Intranet))
+            .collect()
+    }
+}
