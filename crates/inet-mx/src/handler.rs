@@ -16,6 +16,8 @@ use crate::notifier::Notifier;
 pub struct MxHandler {
     hostname: String,
     pipeline: Pipeline,
+    /// The relays' addresses: only their `X-Fabric-Id` is taken (see `smtp::fabric_id`).
+    relays: Vec<std::net::Ipv4Addr>,
 }
 
 impl MxHandler {
@@ -23,13 +25,28 @@ impl MxHandler {
         let hostname = format!("{}.{}", node.name, topology.fabric.name);
         // The directory store, then its mirrors' copies.
         let directory = Directory::new(&topology);
+        let relays = topology.relay_addresses();
         let pipeline = checks::pipeline(
             checks::recipient::RecipientLayer::new(topology.clone(), directory.clone()),
             checks::blocklist::BlocklistLayer::new(directory.clone()),
             checks::notify::NotifyLayer::new(Notifier::new(&topology, directory, &hostname)),
             checks::handoff::StoreHandoff::new(&topology, node, &hostname),
         );
-        MxHandler { hostname, pipeline }
+        MxHandler {
+            hostname,
+            pipeline,
+            relays,
+        }
+    }
+
+    /// A handler running another pipeline (a relay's: its own recipient rule and queue). It takes no
+    /// `X-Fabric-Id` from anyone.
+    pub fn with_pipeline(hostname: String, pipeline: Pipeline) -> MxHandler {
+        MxHandler {
+            hostname,
+            pipeline,
+            relays: Vec::new(),
+        }
     }
 
     pub fn hostname(&self) -> &str {
@@ -68,8 +85,20 @@ impl Handler for MxHandler {
     }
 
     async fn deliver(&self, env: &Envelope, message: Vec<u8>) -> Reply {
+        // A relay handing over held mail names the id it accepted the message under, so a second
+        // hand-over of the same message is recognised downstream (exactly once into the mailbox).
+        let from_relay = match env.peer.ip() {
+            std::net::IpAddr::V4(ip) => self.relays.contains(&ip),
+            std::net::IpAddr::V6(_) => false,
+        };
+        let relayed = from_relay
+            .then(|| smtp::fabric_id::find(&message))
+            .flatten();
+        if relayed.is_some() {
+            metrics::counter!("fabric_inet_mx_relayed_total").increment(1);
+        }
         let message = Message {
-            id: uuid::Uuid::now_v7().simple().to_string(),
+            id: relayed.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string()),
             body: message,
             quarantine: None,
         };

@@ -1,14 +1,10 @@
 //! `fabric-inet-mx`: the fabric's Internet mail server (SMTP).
 
-mod checks;
-mod handler;
-mod notifier;
-mod outbound;
-
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use inet_mx::{handler, outbound};
 use node_runtime::admin::{AdminServer, Readiness};
 use node_runtime::sessions::{self, SessionLimit};
 use node_runtime::{NodeArgs, NodeContext, shutdown};

@@ -28,6 +28,9 @@ pub struct Dialer {
     pub greeting_timeout: Duration,
     /// The fabric's redirectors: a session from one of them stays on local backends.
     pub redirectors: Arc<Vec<IpAddr>>,
+    /// The fabric's relays: a relay hands mail back to its home site's own servers, so its sessions
+    /// stay local too (the other site is where the relay is; sending it there would loop).
+    pub relays: Arc<Vec<IpAddr>>,
 }
 
 impl Dialer {
@@ -119,7 +122,8 @@ pub async fn serve(
     peer: SocketAddr,
 ) -> std::io::Result<()> {
     pool.session_started();
-    let local_only = dialer.redirectors.contains(&peer.ip());
+    let local_only =
+        dialer.redirectors.contains(&peer.ip()) || dialer.relays.contains(&client.ip());
     let local = stream.local_addr()?;
     let header = proxy_header::encode(client, local);
     let mut tried: Vec<Arc<Backend>> = Vec::new();

@@ -55,6 +55,13 @@ async fn main() -> anyhow::Result<()> {
                 .map(|n| IpAddr::V4(n.address))
                 .collect(),
         ),
+        relays: Arc::new(
+            topology
+                .relay_addresses()
+                .into_iter()
+                .map(IpAddr::V4)
+                .collect(),
+        ),
     });
 
     let mut pools = Vec::new();

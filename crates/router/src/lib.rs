@@ -190,7 +190,15 @@ impl PortLoop {
             s.allowed.fetch_add(1, Ordering::Relaxed);
         }
         let (guarded, stats, source) = (g.clone(), self.stats.clone(), self.plan.source);
-        let upstreams = upstreams.clone();
+        let from_relay = match peer.ip() {
+            std::net::IpAddr::V4(ip) => self.plan.relays.contains(&ip),
+            std::net::IpAddr::V6(_) => false,
+        };
+        let upstreams: Vec<_> = upstreams
+            .iter()
+            .filter(|u| !from_relay || u.path == "local")
+            .cloned()
+            .collect();
         self.tasks.spawn(async move {
             let _permit = permit;
             let _open = OpenGuard::new(&stats, &guarded.service);

@@ -64,6 +64,9 @@ pub struct Plan {
     /// router of the topology and read its PROXY header.
     pub source: std::net::IpAddr,
     pub ports: Vec<Guarded>,
+    /// The relays' addresses: a relay hands mail back to this site's own servers, so its flows go to
+    /// this site's redirector only, never on to the other site's (where the relay itself is).
+    pub relays: Vec<std::net::Ipv4Addr>,
 }
 
 impl Plan {
@@ -111,6 +114,7 @@ impl Plan {
             zone: zone.clone(),
             source: std::net::IpAddr::V4(node.address),
             ports,
+            relays: topology.relay_addresses(),
         })
     }
 

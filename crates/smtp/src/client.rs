@@ -6,11 +6,11 @@
 //! Every read and write has a deadline; replies are read with bounded lines and a bounded number of
 //! lines, so a hostile or broken server cannot make the worker hang or buffer without limit.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// RFC 5321 4.5.3.1.5: a reply line is at most 512 octets; we allow some slack.
 const MAX_REPLY_LINE: u64 = 2048;
@@ -141,7 +141,21 @@ pub async fn deliver(
     message: &[u8],
     timeout: Duration,
 ) -> Vec<Outcome> {
-    match session(mx, helo, from, rcpts, message, timeout).await {
+    deliver_from(None, mx, helo, from, rcpts, message, timeout).await
+}
+
+/// [`deliver`] from the local address `source` (a fabric node connects from its own address, so the
+/// server can tell who it is), or from whatever the kernel picks with `None`.
+pub async fn deliver_from(
+    source: Option<IpAddr>,
+    mx: SocketAddr,
+    helo: &str,
+    from: &str,
+    rcpts: &[String],
+    message: &[u8],
+    timeout: Duration,
+) -> Vec<Outcome> {
+    match session(source, mx, helo, from, rcpts, message, timeout).await {
         Ok(o) => o,
         Err(e) => {
             let text = format!("{mx}: {e}");
@@ -153,7 +167,23 @@ pub async fn deliver(
     }
 }
 
+async fn connect(source: Option<IpAddr>, mx: SocketAddr) -> std::io::Result<TcpStream> {
+    match source {
+        Some(ip) if ip.is_ipv4() == mx.is_ipv4() => {
+            let socket = if mx.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(mx).await
+        }
+        _ => TcpStream::connect(mx).await,
+    }
+}
+
 async fn session(
+    source: Option<IpAddr>,
     mx: SocketAddr,
     helo: &str,
     from: &str,
@@ -161,7 +191,7 @@ async fn session(
     message: &[u8],
     timeout: Duration,
 ) -> Result<Vec<Outcome>, Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(mx))
+    let stream = tokio::time::timeout(timeout, connect(source, mx))
         .await
         .map_err(|_| Error::Timeout(timeout))??;
     let _ = stream.set_nodelay(true);

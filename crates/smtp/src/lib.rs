@@ -7,6 +7,8 @@
 //! - `reply`: replies with enhanced status codes.
 //! - `client`: a small client for one delivery, with an outcome per recipient (inet-mx's outbound
 //!   worker, `fabric send`).
+//! - `dsn`: delivery status notifications (RFC 3464): bounces and delay notices.
+//! - `fabric_id`: the header a relay hands a message over with, naming its fabric message id.
 //! - `session`: the state machine; roles implement [`Handler`]. In submission mode
 //!   ([`Config::submission`]) it offers AUTH PLAIN/LOGIN (RFC 4954) inside TLS only and MAIL needs an
 //!   authenticated session (`session/auth.rs`).
@@ -16,6 +18,8 @@
 
 pub mod address;
 pub mod client;
+pub mod dsn;
+pub mod fabric_id;
 pub mod reader;
 pub mod reply;
 pub mod session;

@@ -18,6 +18,10 @@ use super::{CheckFuture, Inbound, Message, Step, pass};
 struct Shared {
     node: String,
     hostname: String,
+    /// Where accepted mail goes: `inbound` (the Internet mail server) or `relay` (a relay server).
+    queue: &'static str,
+    /// A relay names the fabric id in the message (`smtp::fabric_id`) for its later hand-over.
+    name_id: bool,
     /// This site's stores, in order: where mail is written.
     stores: Vec<(String, StoreClient)>,
 }
@@ -33,6 +37,18 @@ fn client(node: &topology::Node) -> Option<StoreClient> {
 
 impl StoreHandoff {
     pub fn new(topology: &Topology, node: &topology::Node, hostname: &str) -> StoreHandoff {
+        Self::to_queue(topology, node, hostname, "inbound", false)
+    }
+
+    /// The hand-off onto another queue of the site's stores; with `name_id` the message carries an
+    /// `X-Fabric-Id` header under the Received line (what a relay hands over later).
+    pub fn to_queue(
+        topology: &Topology,
+        node: &topology::Node,
+        hostname: &str,
+        queue: &'static str,
+        name_id: bool,
+    ) -> StoreHandoff {
         let stores = topology
             .site_stores(&node.site)
             .into_iter()
@@ -42,6 +58,8 @@ impl StoreHandoff {
             shared: Arc::new(Shared {
                 node: node.name.clone(),
                 hostname: hostname.to_string(),
+                queue,
+                name_id,
                 stores,
             }),
         }
@@ -64,7 +82,14 @@ impl Shared {
     async fn deliver(&self, env: &Envelope, message: Message) -> Reply {
         let id = message.id;
         let mut body = self.received(env, &id).into_bytes();
+        if self.name_id && smtp::fabric_id::valid(&id) {
+            body.extend_from_slice(smtp::fabric_id::header_line(&id).as_bytes());
+        }
         body.extend_from_slice(&message.body);
+        let received_at_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let meta: Value = json!({
             "quarantine": message.quarantine,
             "from": env.from.as_ref().map(|a| a.as_string()),
@@ -72,19 +97,23 @@ impl Shared {
             "helo": env.helo,
             "peer": env.peer.to_string(),
             "received_by": self.node,
+            "accepted_by": self.node,
+            "fabric_id": id,
+            "received_at_ms": received_at_ms,
         });
         let started = Instant::now();
         for (name, store) in &self.stores {
             match store
-                .enqueue("inbound", Some(&id), Some(&meta), body.clone())
+                .enqueue(self.queue, Some(&id), Some(&meta), body.clone())
                 .await
             {
                 Ok(w) => {
-                    metrics::counter!("fabric_inet_mx_accepted_total").increment(1);
+                    metrics::counter!("fabric_inet_mx_accepted_total", "queue" => self.queue)
+                        .increment(1);
                     metrics::histogram!("fabric_inet_mx_store_seconds")
                         .record(started.elapsed().as_secs_f64());
                     tracing::info!(msg_id = %id, store = %name, copies = ?w.copies, degraded = w.degraded,
-                        bytes = body.len(), rcpts = env.rcpts.len(), "accepted");
+                        queue = self.queue, bytes = body.len(), rcpts = env.rcpts.len(), "accepted");
                     let (store, node) = (store.clone(), self.node.clone());
                     let detail = format!(
                         "from {} for {} recipient(s)",

@@ -16,6 +16,8 @@ use super::{CheckFuture, Inbound, Next, Step};
 struct Shared {
     topology: Arc<Topology>,
     directory: Directory,
+    /// Only these domains (a relay: the domains it stands in for); `None`: every customer domain.
+    only: Option<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -29,6 +31,22 @@ impl RecipientLayer {
             shared: Arc::new(Shared {
                 topology,
                 directory,
+                only: None,
+            }),
+        }
+    }
+
+    /// The check of a relay server: only `domains` (those whose home is another site).
+    pub fn for_domains(
+        topology: Arc<Topology>,
+        directory: Directory,
+        domains: Vec<String>,
+    ) -> RecipientLayer {
+        RecipientLayer {
+            shared: Arc::new(Shared {
+                topology,
+                directory,
+                only: Some(domains),
             }),
         }
     }
@@ -52,7 +70,11 @@ pub struct Recipient<S> {
 
 impl Shared {
     async fn check(&self, rcpt: &Address) -> Result<(), Reply> {
-        if !self.topology.is_customer_domain(&rcpt.domain) {
+        let outside = match &self.only {
+            Some(domains) => !domains.iter().any(|d| d.eq_ignore_ascii_case(&rcpt.domain)),
+            None => !self.topology.is_customer_domain(&rcpt.domain),
+        };
+        if outside {
             metrics::counter!("fabric_inet_mx_relay_denied_total").increment(1);
             return Err(Reply::new(
                 550,

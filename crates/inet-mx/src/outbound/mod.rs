@@ -16,7 +16,7 @@
 //! Metrics: `fabric_outbound_attempts_total`, `fabric_outbound_delivered_total`,
 //! `fabric_outbound_deferred_total`, `fabric_outbound_bounced_total` (per recipient).
 
-mod bounce;
+use smtp::dsn as bounce;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! Delivery status notifications (RFC 3464 inside a multipart/report, RFC 6522): what the sender
-//! gets back when a remote MX refused a recipient for good or the message outlived its queue lifetime.
+//! gets back when a remote MX refused a recipient for good or the message outlived its queue lifetime
+//! (`build`, Action: failed), and the warning that a message is still waiting (`build_delay`,
+//! Action: delayed).
 
 use std::time::SystemTime;
 
@@ -11,6 +13,42 @@ pub fn build(
     sender: &str,
     failed: &[(String, String)],
     original: &[u8],
+) -> Vec<u8> {
+    report(reporting_mta, id, sender, failed, original, Kind::Failed)
+}
+
+/// A delay notice (RFC 3464 `Action: delayed`, status 4.x.y): the message `id` still waits for
+/// `waiting` (recipient, why) and will be tried until `retry_until` (an RFC 5322 date).
+pub fn build_delay(
+    reporting_mta: &str,
+    id: &str,
+    sender: &str,
+    waiting: &[(String, String)],
+    original: &[u8],
+    retry_until: SystemTime,
+) -> Vec<u8> {
+    report(
+        reporting_mta,
+        id,
+        sender,
+        waiting,
+        original,
+        Kind::Delayed(retry_until),
+    )
+}
+
+enum Kind {
+    Failed,
+    Delayed(SystemTime),
+}
+
+fn report(
+    reporting_mta: &str,
+    id: &str,
+    sender: &str,
+    failed: &[(String, String)],
+    original: &[u8],
+    kind: Kind,
 ) -> Vec<u8> {
     let date = httpdate::fmt_http_date(SystemTime::now());
     let boundary = format!("=_fabric_dsn_{id}");
@@ -26,16 +64,36 @@ pub fn build(
         let why: String = why.chars().filter(|c| *c != '\r' && *c != '\n').collect();
         human.push_str(&format!("  <{rcpt}>: {why}\r\n"));
         let (code, diag) = diagnostic(&why);
+        let (action, code, until) = match kind {
+            Kind::Failed => ("failed", code, String::new()),
+            Kind::Delayed(t) => (
+                "delayed",
+                code.replacen('5', "4", 1),
+                format!("Will-Retry-Until: {}\r\n", httpdate::fmt_http_date(t)),
+            ),
+        };
         status.push_str(&format!(
-            "\r\nFinal-Recipient: rfc822;{rcpt}\r\nAction: failed\r\nStatus: {code}\r\nDiagnostic-Code: smtp;{diag}\r\n"
+            "\r\nFinal-Recipient: rfc822;{rcpt}\r\nAction: {action}\r\nStatus: {code}\r\nDiagnostic-Code: smtp;{diag}\r\n{until}"
         ));
     }
+    let (subject, intro, suffix) = match kind {
+        Kind::Failed => (
+            "Undelivered Mail Returned to Sender",
+            "could not be delivered to these recipients",
+            "bounce",
+        ),
+        Kind::Delayed(_) => (
+            "Delayed Mail (still being retried)",
+            "has not been delivered yet; it is kept safe and tried again, no need to resend it. Still waiting",
+            "delay",
+        ),
+    };
     format!(
         "From: Mail Delivery System <MAILER-DAEMON@{reporting_mta}>\r\n\
          To: <{sender}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
-         Message-ID: <{id}.bounce@{reporting_mta}>\r\n\
+         Message-ID: <{id}.{suffix}@{reporting_mta}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\
@@ -43,7 +101,7 @@ pub fn build(
          --{boundary}\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          \r\n\
-         Your message {id} could not be delivered to these recipients:\r\n\
+         Your message {id} {intro}:\r\n\
          \r\n\
          {human}\r\n\
          --{boundary}\r\n\
@@ -101,5 +159,27 @@ mod tests {
         ));
         assert!(text.contains("Subject: hi\r\n"));
         assert!(!text.contains("\r\nbody\r\n"));
+    }
+
+    #[test]
+    fn a_delay_notice_says_delayed_with_a_4xx_status_and_the_retry_limit() {
+        let b = build_delay(
+            "relay.example",
+            "abc",
+            "x@remote.example",
+            &[(
+                "ann@acme.example".into(),
+                "primary: 421 4.3.0 no mail server available".into(),
+            )],
+            b"Subject: hi\r\n\r\nbody\r\n",
+            SystemTime::UNIX_EPOCH,
+        );
+        let text = String::from_utf8(b).unwrap_or_default();
+        assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status"));
+        assert!(text.contains(
+            "Final-Recipient: rfc822;ann@acme.example\r\nAction: delayed\r\nStatus: 4.3.0\r\n"
+        ));
+        assert!(text.contains("Will-Retry-Until: Thu, 01 Jan 1970 00:00:00 GMT\r\n"));
+        assert!(text.contains("Subject: Delayed Mail"));
     }
 }
