@@ -262,7 +262,22 @@ mod tests {
                 (20, "mx-east.acme.example.".to_string())
             ]
         );
-        // globex (home east) names west as its secondary: dead too.
+        // globex (home east) names west's relays as its secondary: they are weighed on their own
+        // (the board knows nothing of them yet: base 20), and drop to 90 when they die.
+        let g = auth.answer(&n("globex.example."), RecordType::MX, DNSClass::IN);
+        assert_eq!(mx_prefs(&g)[1].0, 20);
+        let west_relays = Group {
+            site: "west".into(),
+            role: Role::Relay,
+        };
+        board.set(
+            &west_relays,
+            GroupHealth {
+                servers: 2,
+                healthy: 0,
+                sessions: 0,
+            },
+        );
         let g = auth.answer(&n("globex.example."), RecordType::MX, DNSClass::IN);
         assert_eq!(mx_prefs(&g)[1].0, 90);
     }

@@ -248,7 +248,8 @@ mod tests {
     /// two-site.toml as it was before the edge: no routers in front of the servers.
     fn two_site_without_routers() -> Topology {
         let mut t = two_site();
-        t.nodes.retain(|n| n.role() != Role::Router);
+        t.nodes
+            .retain(|n| !matches!(n.role(), Role::Router | Role::Relay));
         t
     }
 
@@ -337,10 +338,10 @@ mod tests {
         );
         // Relays of the other site become the secondary, measured by their own /status.
         t.nodes
-            .push(node("relay-e1", "relay", "east", "lan-east", "127.2.0.41"));
+            .push(node("relay-e1", "relay", "east", "internet", "127.10.2.41"));
         let zones = Zones::build(&t).expect("zones");
         let acme = &zones.domains[0];
-        assert_eq!(host(acme, "mx-east.acme.example."), [ip("127.2.0.41")]);
+        assert_eq!(host(acme, "mx-east.acme.example."), [ip("127.10.2.41")]);
         assert_eq!(acme.mx[1].group.role, Role::Relay);
         // globex is at home in the east: its primary is still the east routers.
         let globex = &zones.domains[1];
