@@ -239,8 +239,16 @@ print(json.dumps("ok"))
         host.starts_with("mx-west.acme.example"),
         "home site's exchanger first: {out}"
     );
-    let trace = ann.get_trace(id, None).await?;
-    assert!(trace.to_string().contains("accepted"), "{trace}");
+    // The "accepted" hop is written in the background after the 250.
+    poll(
+        "the accepted hop in the trace",
+        Duration::from_secs(10),
+        || async {
+            let trace = ann.get_trace(id, None).await.ok()?;
+            trace.to_string().contains("accepted").then_some(())
+        },
+    )
+    .await?;
 
     // fabric bench smtp drives load the same way; the rotating A records spread it over both routers.
     let out = tokio::process::Command::new(testkit::bin_dir().join("fabric"))
