@@ -228,6 +228,15 @@ async fn flush_bounce_unknown_ids_and_the_queue_gauges() -> anyhow::Result<()> {
     let (_, age) = queue_gauges(&sandbox, "to-internet").await?;
     assert!((1.0..60.0).contains(&age), "oldest age {age}");
 
+    // Show: the item's fields and metadata, then the message's trace.
+    let shown = ok(&var, &["queue", "show", &first])?;
+    assert!(shown.contains("item store-a:to-internet:"), "{shown}");
+    assert!(shown.contains("\"submitted_at_ms\""), "the meta: {shown}");
+    assert!(
+        shown.contains("delivery attempt") && shown.contains("deferred"),
+        "the trace: {shown}"
+    );
+
     // Flush: delivered now, not in a minute.
     set_mode(&sandbox, "accept").await?;
     let flushed = ok(&var, &["queue", "flush", &first])?;

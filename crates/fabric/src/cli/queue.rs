@@ -316,6 +316,15 @@ impl Action {
 
 async fn act_on(c: &StoreClient, f: &Found, action: Action) -> Result<String, ClientError> {
     let (queue, id) = (f.queue.as_str(), f.item.id);
+    // A follow-up item (some recipients done, the others waiting) carries its own not-before time in
+    // its meta: "now" must clear it too, or the worker would put it back to wait.
+    if matches!(action, Action::Flush | Action::Release) && !f.meta("not_before_ms").is_null() {
+        let mut clear = Map::new();
+        clear.insert("not_before_ms".into(), Value::Null);
+        if !(action == Action::Flush && f.item.held) {
+            c.merge_meta(queue, id, &clear).await?;
+        }
+    }
     let detail = match action {
         Action::Flush => {
             let s = c.flush_item(queue, id).await?.value;
