@@ -104,6 +104,12 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// The mail queues (relay, outbound, to-internet) of every store: list, show, flush, hold,
+    /// release, return to the sender.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// What the simulated outside world (the sink nodes) received from the fabric.
     Outside {
         #[command(subcommand)]
@@ -116,6 +122,32 @@ enum BenchCommand {
     /// Send many messages the way `fabric send` does (MX lookup, failover between exchangers) and
     /// print the rate and latency.
     Smtp(cli::bench_smtp::Args),
+}
+
+/// ID is a fabric message id (every queued item carrying it) or STORE:QUEUE:ITEMID.
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// One row per queued item, then a summary per queue.
+    List {
+        /// Only items on this store or accepted by this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only this queue (relay, outbound, to-internet).
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every field of an item, its metadata and the message's trace.
+    Show { id: String },
+    /// Try now: one item, or (without ID) every item of every queue that is neither held nor leased.
+    Flush { id: Option<String> },
+    /// Stop the attempts of an item until it is released.
+    Hold { id: String },
+    /// Release a held item; it is tried at once.
+    Release { id: String },
+    /// Give up: the queue's worker returns the message to its sender (a DSN) and drops it.
+    Bounce { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +347,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Smtp(args),
         } => cli::bench_smtp::run(&data_dir, &args).await,
+        Command::Queue { command } => {
+            use cli::queue::Action;
+            match command {
+                QueueCommand::List { node, queue, json } => {
+                    cli::queue::list(&data_dir, node.as_deref(), queue.as_deref(), json).await
+                }
+                QueueCommand::Show { id } => cli::queue::show(&data_dir, &id).await,
+                QueueCommand::Flush { id: None } => cli::queue::flush_all(&data_dir).await,
+                QueueCommand::Flush { id: Some(id) } => {
+                    cli::queue::act(&data_dir, &id, Action::Flush).await
+                }
+                QueueCommand::Hold { id } => cli::queue::act(&data_dir, &id, Action::Hold).await,
+                QueueCommand::Release { id } => {
+                    cli::queue::act(&data_dir, &id, Action::Release).await
+                }
+                QueueCommand::Bounce { id } => {
+                    cli::queue::act(&data_dir, &id, Action::Bounce).await
+                }
+            }
+        }
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

@@ -21,8 +21,10 @@ use serde_json::Value;
 
 pub mod directory;
 mod endpoints;
+mod queue_admin;
 mod types;
 pub use hyper::{Method, StatusCode};
+pub use queue_admin::{Flushed, ItemState, MergedMeta};
 pub use types::*;
 
 pub(crate) type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;

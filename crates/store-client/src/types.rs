@@ -42,6 +42,9 @@ pub struct QueueItem {
     pub attempts: i64,
     pub leased: bool,
     pub last_error: Option<String>,
+    /// Held by an operator: never leased until released (absent from older stores: false).
+    #[serde(default)]
+    pub held: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

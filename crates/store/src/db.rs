@@ -31,7 +31,9 @@ CREATE TABLE IF NOT EXISTS queue_items (
     visible_at_ms  INTEGER NOT NULL,
     lease          TEXT,
     attempts       INTEGER NOT NULL DEFAULT 0,
-    last_error     TEXT
+    last_error     TEXT,
+    -- 1 while an operator holds the item: never leased until released.
+    held           INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS queue_items_message ON queue_items (message_id, queue);
 CREATE INDEX IF NOT EXISTS queue_items_visible ON queue_items (queue, visible_at_ms);
@@ -140,12 +142,28 @@ pub fn open_writer_sync(path: &Path, quota_bytes: Option<u64>) -> Result<Connect
          PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
     ))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
         let pages = (quota / PAGE_SIZE).max(16) + reserve_pages(quota);
         conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))?;
     }
     Ok(conn)
+}
+
+/// Brings a database written by an earlier version (a store's own data, a replica, a snapshot from an
+/// older mirror) up to [`SCHEMA`]: columns added since are added with their defaults.
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let columns = {
+        let mut stmt = conn.prepare("PRAGMA table_info(queue_items)")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        names.collect::<Result<Vec<String>, _>>()?
+    };
+    if !columns.iter().any(|c| c == "held") {
+        conn.execute_batch("ALTER TABLE queue_items ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
+        tracing::info!("database migrated: queue_items.held added");
+    }
+    Ok(())
 }
 
 /// Pages of WAL after which the writer itself checkpoints: a safety net, since a checkpointer thread

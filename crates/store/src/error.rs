@@ -16,6 +16,9 @@ pub enum StoreError {
     NoReplica(String),
     #[error("lease mismatch: {0}")]
     LeaseMismatch(String),
+    /// The item is held by an operator: release it first.
+    #[error("{0}")]
+    Held(String),
     #[error("batch {first} would leave a gap: this copy ends at {have}")]
     LsnGap { first: u64, have: u64 },
     #[error("body of {size} bytes is over the limit of {limit} bytes")]
@@ -38,6 +41,7 @@ impl StoreError {
             StoreError::NoSuchItem(_) => "no_such_item",
             StoreError::NoReplica(_) => "no_replica",
             StoreError::LeaseMismatch(_) => "lease_mismatch",
+            StoreError::Held(_) => "held",
             StoreError::LsnGap { .. } => "lsn_gap",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::StorageFull => "storage_full",
@@ -55,6 +59,7 @@ impl StoreError {
                 | StoreError::NotFound(_)
                 | StoreError::NoSuchItem(_)
                 | StoreError::LeaseMismatch(_)
+                | StoreError::Held(_)
         )
     }
 
@@ -74,7 +79,9 @@ impl StoreError {
             StoreError::NotFound(_) | StoreError::NoSuchItem(_) | StoreError::NoReplica(_) => {
                 StatusCode::NOT_FOUND
             }
-            StoreError::LeaseMismatch(_) | StoreError::LsnGap { .. } => StatusCode::CONFLICT,
+            StoreError::LeaseMismatch(_) | StoreError::Held(_) | StoreError::LsnGap { .. } => {
+                StatusCode::CONFLICT
+            }
             StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

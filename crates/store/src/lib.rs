@@ -9,6 +9,7 @@
 //! - `db`: SQLite files (WAL, `synchronous = FULL`), schema, snapshots.
 //! - `ops`: physical operations, applied identically by a store and its mirrors.
 //! - `requests`: write requests and how they become physical operations.
+//! - `queue_admin`: operators' hold, release, flush and metadata changes of queue items.
 //! - `writer`: the group-commit writer task.
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
 //! - `replicas`: the copies this store holds for other stores.
@@ -21,6 +22,7 @@ mod api;
 mod db;
 mod error;
 mod ops;
+mod queue_admin;
 mod rebuild;
 mod replicas;
 mod replication;
@@ -199,6 +201,7 @@ pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> a
     }
     repl.start(shutdown.clone());
     spawn_pruner(store.clone());
+    telemetry::spawn_queue_gauges(store.clone());
     ready.set(true);
     tracing::info!(lsn = repl.lsn(), fresh, "store ready");
 

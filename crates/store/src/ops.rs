@@ -99,6 +99,25 @@ pub enum PhysOp {
     BlockDelete {
         entry: String,
     },
+    // Queue administration (added after the others: the wire format numbers variants in order).
+    /// An operator holds (`held: true`) or releases an item.
+    QueueHeld {
+        queue: String,
+        id: i64,
+        held: bool,
+    },
+    /// The item becomes visible at `visible_at_ms` (flush, release: now).
+    QueueVisible {
+        queue: String,
+        id: i64,
+        visible_at_ms: i64,
+    },
+    /// The item's metadata, replaced whole (already merged by the writer).
+    QueueMeta {
+        queue: String,
+        id: i64,
+        meta: Option<String>,
+    },
 }
 
 /// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
@@ -212,6 +231,13 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
         PhysOp::UserDelete { address } => db::exec(conn, "DELETE FROM users WHERE address = ?", params![address])?,
         PhysOp::BlockPut { entry, at_ms } => db::exec(conn, "INSERT INTO blocklist (entry, added_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING", params![entry, at_ms])?,
         PhysOp::BlockDelete { entry } => db::exec(conn, "DELETE FROM blocklist WHERE entry = ?", params![entry])?,
+        PhysOp::QueueHeld { queue, id, held } => db::exec(conn, "UPDATE queue_items SET held = ? WHERE queue = ? AND id = ?", params![*held as i64, queue, id])?,
+        PhysOp::QueueVisible {
+            queue,
+            id,
+            visible_at_ms,
+        } => db::exec(conn, "UPDATE queue_items SET visible_at_ms = ? WHERE queue = ? AND id = ?", params![visible_at_ms, queue, id])?,
+        PhysOp::QueueMeta { queue, id, meta } => db::exec(conn, "UPDATE queue_items SET meta = ? WHERE queue = ? AND id = ?", params![meta, queue, id])?,
     };
     Ok(rows)
 }

@@ -11,6 +11,7 @@ use crate::db;
 
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
+use crate::queue_admin::{self, AdminRequest};
 use crate::writer::Counters;
 
 #[derive(Debug)]
@@ -87,6 +88,8 @@ pub enum Request {
     BlockDelete {
         entry: String,
     },
+    /// An operator's hold, release, flush or metadata change (`queue_admin`).
+    QueueAdmin(AdminRequest),
 }
 
 impl Request {
@@ -158,6 +161,8 @@ pub enum Reply {
     Done {
         changed: bool,
     },
+    /// A queue administration answer, as the API returns it.
+    Admin(serde_json::Value),
 }
 
 /// What one request may use while the writer's transaction is open.
@@ -170,7 +175,7 @@ pub struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Applies an operation here and keeps it for the mirrors.
-    fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
+    pub(crate) fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
         let rows = ops::apply(self.conn, &op)?;
         self.phys.push(op);
         Ok(rows)
@@ -230,7 +235,8 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             let rows = db::rows_all(
                 ctx.conn,
                 "SELECT id, message_id, meta, attempts, body FROM queue_items
-                 WHERE queue = ? AND visible_at_ms <= ? ORDER BY visible_at_ms, id LIMIT ?",
+                 WHERE queue = ? AND visible_at_ms <= ? AND held = 0
+                 ORDER BY visible_at_ms, id LIMIT ?",
                 params![queue, ctx.now_ms, *max as i64],
                 |r| {
                     Ok((
@@ -483,6 +489,7 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             }
             Ok(Reply::Done { changed: true })
         }
+        Request::QueueAdmin(admin) => queue_admin::execute(ctx, admin),
     }
 }
 

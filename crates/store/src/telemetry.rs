@@ -1,7 +1,15 @@
 //! The store's metrics, each described once so `/metrics` carries HELP text (promtool requires it).
 //! docs/operations.md explains each one for operators.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use sqlx::Row;
+
+use crate::Store;
+use crate::util::now_ms;
 
 pub fn describe() {
     describe_counter!(
@@ -86,4 +94,70 @@ pub fn describe() {
         "fabric_store_rebuilds_total",
         "Times this store replaced its data with a copy from its mirror."
     );
+    describe_gauge!(
+        "fabric_store_queue_depth",
+        "Items in a queue of this store's own data (held and leased ones included), by queue."
+    );
+    describe_gauge!(
+        "fabric_store_queue_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest item of a queue (since it was enqueued; 0 when empty), by queue."
+    );
+}
+
+/// How often the queue gauges are refreshed.
+const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// Refreshes `fabric_store_queue_depth` and `fabric_store_queue_oldest_age_seconds` every second
+/// with one GROUP BY over the queue index; a queue that emptied reads 0.
+pub fn spawn_queue_gauges(store: Arc<Store>) {
+    tokio::spawn(async move {
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut tick = tokio::time::interval(QUEUE_GAUGES_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = store.ctx.shutdown.cancelled() => return,
+            }
+            if store.check_serving().is_err() {
+                continue;
+            }
+            let rows = sqlx::query(
+                "SELECT queue, COUNT(*) AS items, MIN(enqueued_at_ms) AS oldest
+                 FROM queue_items GROUP BY queue",
+            )
+            .fetch_all(&store.readers())
+            .await;
+            let rows = match rows {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "queue gauges not refreshed");
+                    continue;
+                }
+            };
+            let now = now_ms();
+            let mut present = BTreeSet::new();
+            for r in rows {
+                let (Ok(queue), Ok(items), Ok(oldest)) = (
+                    r.try_get::<String, _>("queue"),
+                    r.try_get::<i64, _>("items"),
+                    r.try_get::<i64, _>("oldest"),
+                ) else {
+                    continue;
+                };
+                let age = (now - oldest).max(0) as f64 / 1000.0;
+                metrics::gauge!("fabric_store_queue_depth", "queue" => queue.clone())
+                    .set(items as f64);
+                metrics::gauge!("fabric_store_queue_oldest_age_seconds", "queue" => queue.clone())
+                    .set(age);
+                present.insert(queue);
+            }
+            for gone in seen.difference(&present) {
+                metrics::gauge!("fabric_store_queue_depth", "queue" => gone.clone()).set(0.0);
+                metrics::gauge!("fabric_store_queue_oldest_age_seconds", "queue" => gone.clone())
+                    .set(0.0);
+            }
+            seen.extend(present);
+        }
+    });
 }

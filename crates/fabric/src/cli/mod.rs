@@ -4,6 +4,7 @@ pub mod bench_smtp;
 pub mod control;
 pub mod directory;
 pub mod outside;
+pub mod queue;
 pub mod send;
 pub mod status;
 pub mod trace;

@@ -12,7 +12,7 @@ fn client(node: &topology::Node) -> Option<StoreClient> {
     StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(10)))
 }
 
-fn clock(at_ms: i64) -> String {
+pub fn clock(at_ms: i64) -> String {
     let secs = at_ms.div_euclid(1000);
     let ms = at_ms.rem_euclid(1000);
     let day = secs.rem_euclid(86_400);
@@ -27,7 +27,24 @@ fn clock(at_ms: i64) -> String {
 /// Every hop of `message_id`: each store's own records, or its mirror's copy when it is down.
 pub async fn trace(data_dir: &Path, message_id: &str, json_out: bool) -> anyhow::Result<()> {
     let (launcher, _) = super::running(data_dir)?;
-    let t = &launcher.topology;
+    let hops = collect_hops(&launcher.topology, message_id).await;
+    if hops.is_empty() {
+        bail!("no store has a trace of {message_id}");
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"message_id": message_id, "hops": hops}))?
+        );
+        return Ok(());
+    }
+    print_hops(message_id, &hops);
+    Ok(())
+}
+
+/// The hops of `message_id` recorded by every store of the topology (each with `"store"`), oldest
+/// first; a store that does not answer is read through its mirror's copy.
+pub async fn collect_hops(t: &topology::Topology, message_id: &str) -> Vec<Value> {
     let mut hops: Vec<Value> = Vec::new();
     for store in t.nodes_with_role(topology::Role::Store) {
         let Some(c) = client(store) else { continue };
@@ -62,23 +79,18 @@ pub async fn trace(data_dir: &Path, message_id: &str, json_out: bool) -> anyhow:
             h["seq"].as_i64().unwrap_or(0),
         )
     });
-    if hops.is_empty() {
-        bail!("no store has a trace of {message_id}");
-    }
-    if json_out {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"message_id": message_id, "hops": hops}))?
-        );
-        return Ok(());
-    }
-    let first = hops[0]["at_ms"].as_i64().unwrap_or(0);
+    hops
+}
+
+/// The hops as a table: time, elapsed since the first, node, action, store, detail.
+pub fn print_hops(message_id: &str, hops: &[Value]) {
+    let first = hops.first().and_then(|h| h["at_ms"].as_i64()).unwrap_or(0);
     println!("message {message_id}");
     println!(
         "{:<14} {:>9}  {:<14} {:<12} {:<10} DETAIL",
         "TIME", "ELAPSED", "NODE", "ACTION", "STORE"
     );
-    for h in &hops {
+    for h in hops {
         let at = h["at_ms"].as_i64().unwrap_or(0);
         println!(
             "{:<14} {:>8}ms  {:<14} {:<12} {:<10} {}",
@@ -90,7 +102,6 @@ pub async fn trace(data_dir: &Path, message_id: &str, json_out: bool) -> anyhow:
             h["detail"].as_str().unwrap_or(""),
         );
     }
-    Ok(())
 }
 
 /// The most recent messages of a mailbox's INBOX.

@@ -12,6 +12,8 @@
 //!   (same body, id `FABRICID.rN`, written before the original is acknowledged), so a recipient
 //!   that got the message is never sent it again by a retry.
 //! - The item is acknowledged only after the remote MX said 250 (or the bounce is stored).
+//! - An item whose meta has `bounce_requested` (`fabric queue bounce`) is not delivered: every
+//!   recipient fails with "returned to the sender by the operator" through the same bounce.
 //!
 //! Metrics: `fabric_outbound_attempts_total`, `fabric_outbound_delivered_total`,
 //! `fabric_outbound_deferred_total`, `fabric_outbound_bounced_total` (per recipient).
@@ -38,6 +40,8 @@ const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Each read or write of the SMTP conversation.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// Why every recipient of an item an operator bounced (meta `bounce_requested`) failed.
+pub const RETURNED: &str = "returned to the sender by the operator";
 
 pub struct Worker {
     node: String,
@@ -141,6 +145,12 @@ impl Worker {
         let from = meta["from"].as_str().unwrap_or("").to_string();
         let rcpts = strings(&meta["rcpts"]);
         let submitted = meta["submitted_at_ms"].as_i64().unwrap_or_else(now_ms);
+        // An operator gave up on it (`fabric queue bounce`): back to the sender, no delivery.
+        if !meta["bounce_requested"].is_null() && !rcpts.is_empty() {
+            self.return_to_sender(store, &item, &id, &from, &rcpts)
+                .await;
+            return;
+        }
         // A follow-up item waits out the backoff of the attempt that wrote it.
         if let Some(not_before) = meta["not_before_ms"].as_i64()
             && not_before > now_ms()
@@ -242,6 +252,30 @@ impl Worker {
                 tracing::warn!(msg_id = %id, error = %e, "follow-up not written");
                 self.defer(store, &item, &id, &why).await;
             }
+        }
+    }
+
+    /// Fails every recipient with [`RETURNED`] through the bounce path, then acknowledges the item.
+    async fn return_to_sender(
+        &self,
+        store: &StoreClient,
+        item: &Leased,
+        id: &str,
+        from: &str,
+        rcpts: &[String],
+    ) {
+        let failed: Vec<(String, String)> = rcpts
+            .iter()
+            .map(|r| (r.clone(), RETURNED.to_string()))
+            .collect();
+        tracing::info!(msg_id = %id, rcpts = rcpts.len(), "returned to the sender by the operator");
+        self.trace(store, id, "returned", RETURNED).await;
+        if !self.bounce(id, from, &failed, &item.body).await {
+            self.defer(store, item, id, "bounce not stored yet").await;
+            return;
+        }
+        if let Err(e) = store.ack(QUEUE, item.id, &item.lease).await {
+            tracing::warn!(msg_id = %id, error = %e, "ack failed; the item may be returned again");
         }
     }
 

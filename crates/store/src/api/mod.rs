@@ -4,6 +4,7 @@
 mod config;
 mod logs;
 mod mailboxes;
+mod queue_admin;
 mod queues;
 mod replica;
 
@@ -43,6 +44,23 @@ pub fn router(store: Shared) -> Router {
             get(queues::get_item).delete(queues::ack),
         )
         .route("/v1/queues/{queue}/items/{id}/defer", post(queues::defer))
+        .route("/v1/queues/{queue}/flush", post(queue_admin::flush_queue))
+        .route(
+            "/v1/queues/{queue}/items/{id}/hold",
+            post(queue_admin::hold),
+        )
+        .route(
+            "/v1/queues/{queue}/items/{id}/release",
+            post(queue_admin::release),
+        )
+        .route(
+            "/v1/queues/{queue}/items/{id}/flush",
+            post(queue_admin::flush_item),
+        )
+        .route(
+            "/v1/queues/{queue}/items/{id}/meta",
+            post(queue_admin::merge_meta),
+        )
         .route("/v1/mailboxes/{user}", get(mailboxes::folders))
         .route(
             "/v1/mailboxes/{user}/{folder}",

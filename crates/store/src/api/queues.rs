@@ -18,7 +18,7 @@ use crate::requests::{Reply, Request};
 use crate::util::now_ms;
 
 /// Queue names are short identifiers an operator can read: letters, digits, `-`, `_`, `.`.
-fn check_queue(name: &str) -> Result<(), StoreError> {
+pub fn check_queue(name: &str) -> Result<(), StoreError> {
     if name.is_empty()
         || name.len() > 64
         || !name
@@ -110,7 +110,7 @@ pub async fn list_queues(
     let db = read_db(&store, &q)?;
     let rows = sqlx::query(
         "SELECT queue, COUNT(*) AS items, SUM(lease IS NOT NULL AND visible_at_ms > ?) AS leased,
-                SUM(visible_at_ms <= ?) AS ready
+                SUM(visible_at_ms <= ? AND held = 0) AS ready, SUM(held) AS held
          FROM queue_items GROUP BY queue ORDER BY queue",
     )
     .bind(now_ms())
@@ -124,6 +124,7 @@ pub async fn list_queues(
             "items": r.try_get::<i64, _>("items")?,
             "leased": r.try_get::<Option<i64>, _>("leased")?.unwrap_or(0),
             "ready": r.try_get::<Option<i64>, _>("ready")?.unwrap_or(0),
+            "held": r.try_get::<Option<i64>, _>("held")?.unwrap_or(0),
         }));
     }
     Ok(axum::Json(json!({ "queues": queues })).into_response())
@@ -141,7 +142,7 @@ pub async fn list(
     let now = now_ms();
     let rows = sqlx::query(
         "SELECT id, message_id, length(body) AS size, meta, enqueued_at_ms, visible_at_ms, attempts,
-                lease IS NOT NULL AND visible_at_ms > ? AS leased, last_error
+                lease IS NOT NULL AND visible_at_ms > ? AS leased, last_error, held
          FROM queue_items WHERE queue = ? ORDER BY id LIMIT ?",
     )
     .bind(now)
@@ -162,6 +163,7 @@ pub async fn list(
             "attempts": r.try_get::<i64, _>("attempts")?,
             "leased": r.try_get::<bool, _>("leased")?,
             "last_error": r.try_get::<Option<String>, _>("last_error")?,
+            "held": r.try_get::<i64, _>("held")? != 0,
         }));
     }
     Ok(axum::Json(json!({ "queue": queue, "items": items })).into_response())
