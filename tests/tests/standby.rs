@@ -359,6 +359,53 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
     .await?;
     assert_eq!(code, 404);
 
+    // A standby that dies on its own is started again.
+    let mx_standby = |list: &Value| {
+        list["standbys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["node"] == "inet-mx-w1")
+            .and_then(|s| s["pid"].as_u64())
+            .map(|p| p as u32)
+    };
+    let first = mx_standby(&list).context("inet-mx-w1's standby")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(first)?),
+        Signal::SIGKILL,
+    )?;
+    testkit::wait_until(
+        "inet-mx-w1's standby restarted",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let Ok((_, list)) = call(&east, Method::GET, "/v1/standby", &[], Value::Null).await
+            else {
+                return false;
+            };
+            mx_standby(&list).is_some_and(|p| p != first)
+        },
+    )
+    .await?;
+    testkit::wait_until(
+        "the restarted standby serves SMTP",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            smtp_to(&sandbox, "inet-mx-w1", "after the restart")
+                .await
+                .is_ok_and(|v| v["refused"] == json!({}))
+        },
+    )
+    .await?;
+    wait_inbox(&sandbox, 3).await?;
+    let metrics = common::metrics(&sandbox, "supervisor-e").await?;
+    assert_eq!(
+        common::metric_sum(&metrics, "fabric_supervisor_restarts_total", &[]),
+        1.0
+    );
+    let (_, list) = call(&east, Method::GET, "/v1/standby", &[], Value::Null).await?;
+
     // The supervisor dies: its standbys die with it.
     let left: Vec<u32> = list["standbys"]
         .as_array()
