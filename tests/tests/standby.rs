@@ -314,6 +314,18 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         common::metric_sum(&metrics, "fabric_supervisor_fenced_total", &[]),
         2.0
     );
+    assert_eq!(
+        common::metric_sum(
+            &metrics,
+            "fabric_supervisor_standby_ready_seconds_count",
+            &[]
+        ),
+        4.0
+    );
+    assert!(
+        metrics.contains("fabric_supervisor_standby_ready_seconds_bucket"),
+        "{metrics}"
+    );
     let st = status(&sandbox, "supervisor-e").await?;
     assert_eq!(
         st["counters"]["standbys"].as_array().map(Vec::len),
