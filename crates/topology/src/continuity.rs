@@ -35,7 +35,9 @@ impl Topology {
     /// The addresses of every relay: a mail server trusts a relay's fabric message id (and only a
     /// relay's) so that a message handed over twice is still delivered once.
     pub fn relay_addresses(&self) -> Vec<Ipv4Addr> {
-        self.nodes_with_role(Role::Relay).map(|n| n.address).collect()
+        self.nodes_with_role(Role::Relay)
+            .map(|n| n.address)
+            .collect()
     }
 
     /// The mail servers a standby can stand in for at `site` (Internet and intranet mail servers).
