@@ -19,8 +19,8 @@ use topology::{Node, Role};
 
 use crate::standby::{Manager, Request};
 
+/// Unknown fields are ignored: relays may say more (queue depth, since when) than this reads.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct StandbyRequest {
     node: Option<String>,
     site: Option<String>,
