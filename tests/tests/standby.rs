@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use fabric::process::proc_state;
+use fabric::process::{ProcState, proc_state};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use store_client::{Method, StoreClient};
@@ -190,6 +190,12 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         by_node.get("inet-mx-w2").map(String::as_str),
         Some("alive"),
         "{answer}"
+    );
+    let healthy = sandbox.pid("inet-mx-w2").context("inet-mx-w2's pid")?;
+    assert_eq!(
+        proc_state(healthy),
+        ProcState::Running,
+        "the healthy inet-mx-w2 is not touched"
     );
     let w2 = answer["nodes"]
         .as_array()
