@@ -176,8 +176,32 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
 
     let east = supervisor(&sandbox, "supervisor-e");
     let ask = json!({"site": "west", "reason": "primary unreachable", "requested_by": "relay-e1"});
-    let (code, answer) = call(&east, Method::POST, "/v1/standby", &[], ask.clone()).await?;
+    // Two relays ask at once (one for the site, one for a single server): one standby per node.
+    let one = json!({"node": "intranet-w1", "requested_by": "relay-e1"});
+    let (site, single) = tokio::join!(
+        call(&east, Method::POST, "/v1/standby", &[], ask.clone()),
+        call(&east, Method::POST, "/v1/standby", &[], one),
+    );
+    let ((code, answer), (_, single)) = (site?, single?);
     assert_eq!(code, 200, "{answer}");
+    let pid_of = |answer: &Value, node: &str| {
+        answer["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node"] == node)
+            .and_then(|n| n["pid"].as_u64())
+    };
+    assert_eq!(
+        states(&single).get("intranet-w1").map(String::as_str),
+        Some("serving"),
+        "{single}"
+    );
+    assert_eq!(
+        pid_of(&single, "intranet-w1"),
+        pid_of(&answer, "intranet-w1"),
+        "{single} {answer}"
+    );
     let by_node = states(&answer);
     for node in ["intranet-w1", "intranet-w2", "inet-mx-w1"] {
         assert_eq!(

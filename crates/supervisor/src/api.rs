@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde::Deserialize;
 use serde_json::json;
-use topology::{Node, Role};
+use topology::{Node, Role, Topology};
 
 use crate::standby::{Manager, Request};
 
@@ -99,8 +99,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The mail servers a request names, or the 400/404 to answer.
-fn targets(manager: &Manager, request: &StandbyRequest) -> Result<Vec<Node>, ApiError> {
-    let topology = manager.topology();
+fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Node>, ApiError> {
     let is_mail_server = |n: &Node| matches!(n.role(), Role::InetMx | Role::Intranet);
     match (&request.node, &request.site) {
         (Some(name), None) => {
@@ -148,7 +147,7 @@ async fn invoke(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: B
             return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()).into_response();
         }
     };
-    let nodes = match targets(&manager, &request) {
+    let nodes = match targets(manager.topology(), &request) {
         Ok(nodes) => nodes,
         Err(e) => return e.into_response(),
     };
@@ -204,6 +203,65 @@ async fn retire(State(manager): State<Arc<Manager>>, Path(node): Path<String>) -
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    fn request(node: Option<&str>, site: Option<&str>) -> StandbyRequest {
+        StandbyRequest {
+            node: node.map(str::to_string),
+            site: site.map(str::to_string),
+            reason: None,
+            requested_by: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn only_mail_servers_are_targets() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/two-site.toml");
+        let t = Topology::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let names = |r: Result<Vec<Node>, ApiError>| {
+            r.map(|nodes| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>())
+                .map_err(|e| e.status)
+        };
+        assert_eq!(
+            names(targets(&t, &request(None, Some("west")))),
+            Ok(vec![
+                "inet-mx-w1".to_string(),
+                "inet-mx-w2".to_string(),
+                "intranet-w1".to_string(),
+                "intranet-w2".to_string()
+            ])
+        );
+        assert_eq!(
+            names(targets(&t, &request(Some("intranet-e1"), None))),
+            Ok(vec!["intranet-e1".to_string()])
+        );
+        let refused = |r: Result<Vec<Node>, ApiError>| r.err().map(|e| e.status);
+        assert_eq!(
+            refused(targets(&t, &request(Some("store-w1"), None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("supervisor-e"), None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("nope"), None))),
+            Some(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(None, Some("north")))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(None, None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("intranet-w1"), Some("west")))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
 
     #[test]
     fn token_rules() {
