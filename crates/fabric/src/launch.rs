@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use store_client::{Method, StoreClient};
-use topology::{Node, Topology, TopologyError};
+use topology::{Node, Role, Topology, TopologyError};
 
 /// Why a node could not be launched or did not become ready.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,14 @@ pub enum LaunchError {
         status: String,
         tail: String,
     },
+    #[error("{supervisor} did not retire its standby of {node}: {message}")]
+    Standby {
+        node: String,
+        supervisor: String,
+        message: String,
+    },
+    #[error("the ports of {node} were still taken {waited:?} after its standby was retired")]
+    PortsTaken { node: String, waited: Duration },
     #[error("{node} was not ready after {waited:?} (GET {url}/ready); last log lines:\n{tail}")]
     NotReady {
         node: String,
@@ -209,12 +217,95 @@ impl Launcher {
         }
     }
 
+    /// Fail-back: before an original mail server starts, every supervisor of the topology that runs a
+    /// standby in its place retires it (`DELETE /v1/standby/NODE`), and this waits until the node's
+    /// ports are free. Returns the supervisors that retired one. A supervisor that does not answer runs
+    /// no standby (its standbys die with it). Other roles never have standbys: nothing to ask.
+    pub async fn reclaim_from_standby(&self, name: &str) -> Result<Vec<String>, LaunchError> {
+        let node = self.node(name)?;
+        if !matches!(node.role(), Role::InetMx | Role::Intranet) {
+            return Ok(Vec::new());
+        }
+        let retire_timeout = self.topology.timing.shutdown_deadline + Duration::from_secs(5);
+        let mut retired_by = Vec::new();
+        for supervisor in self.topology.nodes_with_role(Role::Supervisor) {
+            let Some(addr) = supervisor.service_addr("supervisor") else {
+                continue;
+            };
+            let client =
+                StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(2));
+            let Ok(resp) = client
+                .raw(Method::GET, "/v1/standby", &[], bytes::Bytes::new())
+                .await
+            else {
+                continue;
+            };
+            let list: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_default();
+            let serves = list["standbys"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|s| s["node"] == name));
+            if !resp.status.is_success() || !serves {
+                continue;
+            }
+            let fail = |message: String| LaunchError::Standby {
+                node: name.to_string(),
+                supervisor: supervisor.name.clone(),
+                message,
+            };
+            let resp = client
+                .with_timeout(retire_timeout)
+                .raw(
+                    Method::DELETE,
+                    &format!("/v1/standby/{name}"),
+                    &[],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            // 404: it was retired meanwhile (another fail-back), which is what we want.
+            if !resp.status.is_success() && resp.status.as_u16() != 404 {
+                return Err(fail(format!(
+                    "{}: {}",
+                    resp.status,
+                    String::from_utf8_lossy(&resp.body)
+                )));
+            }
+            retired_by.push(supervisor.name.clone());
+        }
+        if !retired_by.is_empty() {
+            wait_ports_free(node, Duration::from_secs(10)).await?;
+        }
+        Ok(retired_by)
+    }
+
     /// The last `lines` lines of a node's log (for error messages).
     pub fn log_tail(&self, node: &str, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_path(node)).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Waits until every port of `node` (services and admin) can be bound at its address again.
+async fn wait_ports_free(node: &Node, timeout: Duration) -> Result<(), LaunchError> {
+    let addrs: Vec<std::net::SocketAddr> = node
+        .ports
+        .keys()
+        .filter_map(|s| node.service_addr(s))
+        .chain(std::iter::once(node.admin_addr()))
+        .collect();
+    let start = Instant::now();
+    // std binds with SO_REUSEADDR, as the nodes do: a port in TIME_WAIT counts as free.
+    while !addrs.iter().all(|a| std::net::TcpListener::bind(a).is_ok()) {
+        if start.elapsed() > timeout {
+            return Err(LaunchError::PortsTaken {
+                node: node.name.clone(),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// File names under a data directory.

@@ -138,7 +138,7 @@ async fn ready(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Response {
     let ctx = &s.ctx;
-    let body = json!({
+    let mut body = json!({
         "node": ctx.node.name,
         "role": ctx.role.as_str(),
         "site": ctx.node.site,
@@ -148,6 +148,10 @@ async fn status(State(s): State<AdminState>) -> Response {
         "ready": s.ready.get(),
         "counters": (s.status)(),
     });
+    // A standby server says so, and which supervisor runs it.
+    if let Some(by) = crate::logging::standby_by() {
+        body["standby_by"] = Value::String(by);
+    }
     axum::Json(body).into_response()
 }
 

@@ -30,6 +30,7 @@ pub fn init(node: &str, site: &str, role: &str) {
                 node: node.to_string(),
                 site: site.to_string(),
                 role: role.to_string(),
+                standby_by: standby_by(),
             })
             .try_init()
     };
@@ -41,6 +42,16 @@ pub struct JsonLines {
     pub node: String,
     pub site: String,
     pub role: String,
+    /// Set on a standby server: the supervisor that runs it (`FABRIC_STANDBY_BY`).
+    pub standby_by: Option<String>,
+}
+
+/// The environment variable a supervisor sets on the standby servers it starts.
+pub const STANDBY_BY_ENV: &str = "FABRIC_STANDBY_BY";
+
+/// The supervisor that started this process as a standby server, if it is one.
+pub fn standby_by() -> Option<String> {
+    std::env::var(STANDBY_BY_ENV).ok().filter(|s| !s.is_empty())
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -63,6 +74,9 @@ where
         obj.insert("node".into(), Value::String(self.node.clone()));
         obj.insert("site".into(), Value::String(self.site.clone()));
         obj.insert("role".into(), Value::String(self.role.clone()));
+        if let Some(by) = &self.standby_by {
+            obj.insert("standby_by".into(), Value::String(by.clone()));
+        }
         obj.insert(
             "target".into(),
             Value::String(event.metadata().target().to_string()),

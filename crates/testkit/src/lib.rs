@@ -163,8 +163,17 @@ impl Sandbox {
             }
             self.children.remove(node);
         }
+        // Fail-back: a supervisor's standby holding the node's address hands it back first.
+        for supervisor in self.launcher.reclaim_from_standby(node).await? {
+            eprintln!("{node}: {supervisor} retired its standby (fail-back)");
+        }
         self.spawn(node)?;
         self.wait_ready(node).await
+    }
+
+    /// The pid of a node this sandbox started (still running, stopped, or exited but not yet reaped).
+    pub fn pid(&self, node: &str) -> Option<u32> {
+        self.children.get(node).map(|c| c.id())
     }
 
     /// Deletes a node's data directory (a lost disk). The node must not be running.

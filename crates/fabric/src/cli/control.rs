@@ -58,6 +58,9 @@ pub async fn start(data_dir: &Path, node: &str, ready_timeout: u64) -> anyhow::R
         }
     }
     let started = Instant::now();
+    for supervisor in launcher.reclaim_from_standby(node).await? {
+        println!("{node}: {supervisor} retired its standby (fail-back); starting the original");
+    }
     let mut child = launcher.spawn(node, SpawnOptions::default())?;
     let record = NodeRecord {
         pid: child.id(),

@@ -21,9 +21,13 @@ struct NodeView {
     /// service name -> ADDR:PORT
     services: std::collections::BTreeMap<String, String>,
     admin: String,
-    /// `ready`, `starting` (alive, not ready yet), `stopped` (SIGSTOP), `down`.
+    /// `ready`, `starting` (alive, not ready yet), `stopped` (SIGSTOP), `down`, `standby` (the node is
+    /// down and a supervisor's standby serves at its address).
     state: &'static str,
     pid: Option<u32>,
+    /// The supervisor whose standby serves in the node's place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standby_by: Option<String>,
     uptime_seconds: Option<u64>,
 }
 
@@ -50,8 +54,22 @@ async fn is_ready(admin: String) -> bool {
         .is_ok_and(|r| r.status.is_success())
 }
 
+/// A standby's supervisor and pid, if a standby answers at `admin`.
+async fn standby_at(admin: String) -> Option<(String, u32)> {
+    let client = StoreClient::new(format!("http://{admin}")).with_timeout(Duration::from_secs(1));
+    let resp = client
+        .raw(Method::GET, "/status", &[], bytes::Bytes::new())
+        .await
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&resp.body).ok()?;
+    let by = status["standby_by"].as_str()?.to_string();
+    let pid = u32::try_from(status["pid"].as_u64()?).ok()?;
+    Some((by, pid))
+}
+
 async fn view(launcher: &Launcher, state: &FabricState) -> FabricView {
     let mut probes = tokio::task::JoinSet::new();
+    let mut standbys = tokio::task::JoinSet::new();
     let mut nodes = Vec::new();
     for (i, node) in launcher.topology.nodes.iter().enumerate() {
         let record = state.nodes.get(&node.name);
@@ -59,6 +77,13 @@ async fn view(launcher: &Launcher, state: &FabricState) -> FabricView {
         let admin = node.admin_addr().to_string();
         if proc == ProcState::Running {
             probes.spawn(async move { (i, is_ready(admin).await) });
+        } else if !proc.is_alive()
+            && matches!(
+                node.role(),
+                topology::Role::InetMx | topology::Role::Intranet
+            )
+        {
+            standbys.spawn(async move { (i, standby_at(admin).await) });
         }
         let alive = proc.is_alive();
         nodes.push(NodeView {
@@ -79,6 +104,7 @@ async fn view(launcher: &Launcher, state: &FabricState) -> FabricView {
                 ProcState::Zombie | ProcState::Gone => "down",
             },
             pid: record.filter(|_| alive).map(|r| r.pid),
+            standby_by: None,
             uptime_seconds: record
                 .filter(|_| alive)
                 .map(|r| now_unix().saturating_sub(r.started_at)),
@@ -87,6 +113,15 @@ async fn view(launcher: &Launcher, state: &FabricState) -> FabricView {
     while let Some(Ok((i, ready))) = probes.join_next().await {
         if ready && let Some(n) = nodes.get_mut(i) {
             n.state = "ready";
+        }
+    }
+    while let Some(Ok((i, standby))) = standbys.join_next().await {
+        if let Some((by, pid)) = standby
+            && let Some(n) = nodes.get_mut(i)
+        {
+            n.state = "standby";
+            n.pid = Some(pid);
+            n.standby_by = Some(by);
         }
     }
     FabricView {
@@ -158,7 +193,10 @@ pub async fn print_table(launcher: &Launcher, state: &FabricState) {
             n.site.clone(),
             services.join(","),
             n.admin.clone(),
-            n.state.to_string(),
+            match &n.standby_by {
+                Some(by) => format!("standby ({by})"),
+                None => n.state.to_string(),
+            },
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.uptime_seconds.map_or("-".into(), short_duration),
         ]);

@@ -95,6 +95,12 @@ async fn start_all(
         s.nodes.clear();
     })?;
     for node in &launcher.topology.nodes {
+        for supervisor in launcher.reclaim_from_standby(&node.name).await? {
+            println!(
+                "{}: {supervisor} retired its standby (fail-back)",
+                node.name
+            );
+        }
         let child = launcher.spawn(&node.name, SpawnOptions::default())?;
         let record = NodeRecord {
             pid: child.id(),

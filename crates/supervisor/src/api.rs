@@ -1,0 +1,286 @@
+//! The supervisor's HTTP API on its `supervisor` port (JSON):
+//! - `POST /v1/standby` `{"node": NAME}` or `{"site": SITE}`, optional `"reason"`, `"requested_by"`,
+//!   `"force"` (manual failover: needs `Authorization: Bearer <fabric.operator_token>`):
+//!   `200 {"nodes": [{"node", "state": "serving"|"alive"|"failed", "pid"?, "since_ms"?, "ready_ms"?, "error"?}]}`;
+//! - `GET /v1/standby`: `{"standbys": [{"node", "role", "site", "pid", "since_ms", "reason", "requested_by"}]}`;
+//! - `DELETE /v1/standby/{node}`: retire; `200 {"node", "state": "retired"}`, 404 if none.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use serde::Deserialize;
+use serde_json::json;
+use topology::{Node, Role, Topology};
+
+use crate::standby::{Manager, Request};
+
+/// Unknown fields are ignored: relays may say more (queue depth, since when) than this reads.
+#[derive(Debug, Deserialize)]
+struct StandbyRequest {
+    node: Option<String>,
+    site: Option<String>,
+    reason: Option<String>,
+    requested_by: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/v1/standby", post(invoke).get(list))
+        .route("/v1/standby/{node}", delete(retire))
+        .fallback(|| async {
+            error(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
+        })
+        .with_state(manager)
+}
+
+/// An error answer: `{"error": CODE, "message": TEXT}` with its status.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(json!({"error": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: &str) -> ApiError {
+    ApiError {
+        status,
+        code,
+        message: message.to_string(),
+    }
+}
+
+/// The operator's token must come with a forced failover: 401 without one, 403 with a wrong one (or
+/// when the fabric has none).
+fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "force needs Authorization: Bearer <operator_token>",
+        ));
+    };
+    match token {
+        Some(token) if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) => Ok(()),
+        Some(_) => Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "wrong operator token",
+        )),
+        None => Err(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the fabric has no operator_token: manual failover is disabled",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The mail servers a request names, or the 400/404 to answer.
+fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Node>, ApiError> {
+    let is_mail_server = |n: &Node| matches!(n.role(), Role::InetMx | Role::Intranet);
+    match (&request.node, &request.site) {
+        (Some(name), None) => {
+            let node = topology.node(name).ok_or_else(|| {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_node",
+                    &format!("no node named {name:?} in the topology"),
+                )
+            })?;
+            if !is_mail_server(node) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "not_a_mail_server",
+                    &format!(
+                        "{name} is a {} node; only inet-mx and intranet servers get standbys",
+                        node.role
+                    ),
+                ));
+            }
+            Ok(vec![node.clone()])
+        }
+        (None, Some(site)) => {
+            if !topology.sites.iter().any(|s| &s.name == site) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "unknown_site",
+                    &format!("no site named {site:?} in the topology"),
+                ));
+            }
+            Ok(topology.mail_servers(site).into_iter().cloned().collect())
+        }
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "give exactly one of \"node\" and \"site\"",
+        )),
+    }
+}
+
+async fn invoke(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: StandbyRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()).into_response();
+        }
+    };
+    let nodes = match targets(manager.topology(), &request) {
+        Ok(nodes) => nodes,
+        Err(e) => return e.into_response(),
+    };
+    if request.force
+        && let Err(response) = authorize(
+            &headers,
+            manager.topology().fabric.operator_token.as_deref(),
+        )
+    {
+        return response.into_response();
+    }
+    let ask = Request {
+        force: request.force,
+        reason: request.reason,
+        requested_by: request.requested_by,
+    };
+    // Each node in a task of its own: the nodes come up in parallel, and a client that hangs up
+    // does not abandon a standby half started.
+    let tasks: Vec<_> = nodes
+        .into_iter()
+        .map(|node| {
+            let (manager, ask) = (manager.clone(), ask.clone());
+            tokio::spawn(async move { manager.invoke(&node, &ask).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(outcome) => outcomes.push(json!(outcome)),
+            Err(e) => outcomes.push(json!({"state": "failed", "error": e.to_string()})),
+        }
+    }
+    axum::Json(json!({"nodes": outcomes})).into_response()
+}
+
+async fn list(State(manager): State<Arc<Manager>>) -> Response {
+    axum::Json(json!({"standbys": manager.list()})).into_response()
+}
+
+async fn retire(State(manager): State<Arc<Manager>>, Path(node): Path<String>) -> Response {
+    match manager.retire(&node, "asked over the API").await {
+        Some(_) => axum::Json(json!({"node": node, "state": "retired"})).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no_standby",
+            &format!("this supervisor runs no standby for {node:?}"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn request(node: Option<&str>, site: Option<&str>) -> StandbyRequest {
+        StandbyRequest {
+            node: node.map(str::to_string),
+            site: site.map(str::to_string),
+            reason: None,
+            requested_by: None,
+            force: false,
+        }
+    }
+
+    #[test]
+    fn only_mail_servers_are_targets() {
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/two-site.toml");
+        let t = Topology::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let names = |r: Result<Vec<Node>, ApiError>| {
+            r.map(|nodes| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>())
+                .map_err(|e| e.status)
+        };
+        assert_eq!(
+            names(targets(&t, &request(None, Some("west")))),
+            Ok(vec![
+                "inet-mx-w1".to_string(),
+                "inet-mx-w2".to_string(),
+                "intranet-w1".to_string(),
+                "intranet-w2".to_string()
+            ])
+        );
+        assert_eq!(
+            names(targets(&t, &request(Some("intranet-e1"), None))),
+            Ok(vec!["intranet-e1".to_string()])
+        );
+        let refused = |r: Result<Vec<Node>, ApiError>| r.err().map(|e| e.status);
+        assert_eq!(
+            refused(targets(&t, &request(Some("store-w1"), None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("supervisor-e"), None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("nope"), None))),
+            Some(StatusCode::NOT_FOUND)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(None, Some("north")))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(None, None))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            refused(targets(&t, &request(Some("intranet-w1"), Some("west")))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn token_rules() {
+        let mut headers = HeaderMap::new();
+        let status = |r: Result<(), ApiError>| r.err().map(|r| r.status);
+        assert_eq!(
+            status(authorize(&headers, Some("t"))),
+            Some(StatusCode::UNAUTHORIZED)
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(
+            status(authorize(&headers, Some("t"))),
+            Some(StatusCode::FORBIDDEN)
+        );
+        assert_eq!(
+            status(authorize(&headers, None)),
+            Some(StatusCode::FORBIDDEN)
+        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        assert_eq!(status(authorize(&headers, Some("t"))), None);
+    }
+}
