@@ -10,8 +10,11 @@ use std::time::Duration;
 use smtp::client::{self, Outcome};
 use topology::{Role, Topology};
 
-/// Each read and write of a hand-over; a frozen server costs this much per path.
-pub const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each read and write of a hand-over.
+pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting and the greeting: a frozen server (it accepts TCP, never greets) costs this much per
+/// path and round, so it is short; a live server of the fabric greets in milliseconds.
+pub const GREETING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a home site takes mail, in the order they are tried; `rotate` turns the routers so that
 /// successive attempts start at a different one.
@@ -46,8 +49,12 @@ pub async fn deliver(
 ) -> (Option<String>, Vec<Outcome>) {
     let mut reasons = Vec::new();
     for (name, addr) in paths {
-        let outcomes =
-            client::deliver_from(Some(source), *addr, helo, from, rcpts, body, SMTP_TIMEOUT).await;
+        let options = client::Options {
+            source: Some(source),
+            greeting_timeout: GREETING_TIMEOUT,
+            timeout: SMTP_TIMEOUT,
+        };
+        let outcomes = client::deliver_with(options, *addr, helo, from, rcpts, body).await;
         if outcomes.iter().any(|o| !matches!(o, Outcome::Temporary(_))) {
             return (Some(name.clone()), outcomes);
         }

@@ -141,21 +141,36 @@ pub async fn deliver(
     message: &[u8],
     timeout: Duration,
 ) -> Vec<Outcome> {
-    deliver_from(None, mx, helo, from, rcpts, message, timeout).await
+    let options = Options {
+        source: None,
+        greeting_timeout: timeout,
+        timeout,
+    };
+    deliver_with(options, mx, helo, from, rcpts, message).await
 }
 
-/// [`deliver`] from the local address `source` (a fabric node connects from its own address, so the
-/// server can tell who it is), or from whatever the kernel picks with `None`.
-pub async fn deliver_from(
-    source: Option<IpAddr>,
+/// How a delivery connects and how long it waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The local address to connect from (a fabric node connects from its own address, so the
+    /// server can tell who it is); `None`: whatever the kernel picks.
+    pub source: Option<IpAddr>,
+    /// Connecting and reading the greeting (a frozen server accepts TCP and never greets).
+    pub greeting_timeout: Duration,
+    /// Every later read and write.
+    pub timeout: Duration,
+}
+
+/// [`deliver`] with [`Options`].
+pub async fn deliver_with(
+    options: Options,
     mx: SocketAddr,
     helo: &str,
     from: &str,
     rcpts: &[String],
     message: &[u8],
-    timeout: Duration,
 ) -> Vec<Outcome> {
-    match session(source, mx, helo, from, rcpts, message, timeout).await {
+    match session(options, mx, helo, from, rcpts, message).await {
         Ok(o) => o,
         Err(e) => {
             let text = format!("{mx}: {e}");
@@ -183,26 +198,27 @@ async fn connect(source: Option<IpAddr>, mx: SocketAddr) -> std::io::Result<TcpS
 }
 
 async fn session(
-    source: Option<IpAddr>,
+    options: Options,
     mx: SocketAddr,
     helo: &str,
     from: &str,
     rcpts: &[String],
     message: &[u8],
-    timeout: Duration,
 ) -> Result<Vec<Outcome>, Error> {
-    let stream = tokio::time::timeout(timeout, connect(source, mx))
+    let greeting_timeout = options.greeting_timeout;
+    let stream = tokio::time::timeout(greeting_timeout, connect(options.source, mx))
         .await
-        .map_err(|_| Error::Timeout(timeout))??;
+        .map_err(|_| Error::Timeout(greeting_timeout))??;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut c = Conn {
         reader: BufReader::new(r),
         writer: w,
-        timeout,
+        timeout: greeting_timeout,
     };
     let all = |o: Outcome| rcpts.iter().map(|_| o.clone()).collect::<Vec<_>>();
     let greeting = c.reply().await?;
+    c.timeout = options.timeout;
     if greeting.code != 220 {
         let _ = c.cmd("QUIT").await;
         return Ok(all(outcome(&greeting, "greeting")));
