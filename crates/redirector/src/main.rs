@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         source: IpAddr::V4(node.address),
         send_proxy: edge.send_proxy,
         connect_timeout: (interval * 4).max(Duration::from_secs(1)),
-        greeting_timeout: Duration::from_secs(5),
+        // A live server of the fabric greets in milliseconds; a frozen one (SIGSTOP: the kernel still
+        // accepts) never does, and every session that picked it before the checks took it out waits
+        // this long before moving on to the next server.
+        greeting_timeout: (interval * 8).max(Duration::from_secs(2)),
         redirectors: Arc::new(
             topology
                 .nodes_with_role(Role::Redirector)
