@@ -3,6 +3,7 @@
 //! writers. Every configuration runs once per round, rounds interleave them (so a noisy neighbour
 //! hurts all alike), and the table reports each configuration's median round.
 
+mod continuity;
 mod cpu;
 mod edge;
 mod edge_failover;
@@ -82,6 +83,12 @@ struct Args {
     /// Run only the edge rows (no fabric is started).
     #[arg(long)]
     only_edge: bool,
+    /// Skip the continuity rows (a site's death, relays, standbys, fail-back).
+    #[arg(long)]
+    no_continuity: bool,
+    /// Run only the continuity rows (on the fabric, which they kill in part).
+    #[arg(long)]
+    only_continuity: bool,
     /// Interleaved rounds of the edge rows.
     #[arg(long, default_value_t = 3)]
     edge_rounds: usize,
@@ -161,6 +168,10 @@ async fn main() -> anyhow::Result<()> {
     topology
         .offset_ports(args.port_offset)
         .map_err(anyhow::Error::msg)?;
+    // The continuity rows measure from the threshold, not the retry period: shorter rounds than the
+    // production 30 s keep the run short without changing what is measured.
+    topology.timing.relay_retry = Duration::from_secs(5);
+    topology.timing.standby_attempts = 3;
     let topo_file = work.path().join("topology.toml");
     std::fs::write(&topo_file, topology.to_toml()?)?;
     let launcher = Launcher::new(&topo_file, &work.path().join("fabric"), &find_bin_dir())?;
@@ -188,13 +199,19 @@ async fn main() -> anyhow::Result<()> {
             .map(|(name, child)| (name.clone(), child.id()))
             .collect(),
     );
-    let result = run(&args, &launcher, &stores, work.path(), duration).await;
+    let result = if args.only_continuity {
+        wait_all_ready(&launcher).await
+    } else {
+        run(&args, &launcher, &stores, work.path(), duration).await
+    };
     let result = match result {
-        Ok(()) if !args.no_read => reading::rows(&args, &launcher, work.path(), &pids).await,
+        Ok(()) if !args.no_read && !args.only_continuity => {
+            reading::rows(&args, &launcher, work.path(), &pids).await
+        }
         other => other,
     };
     let result = match result {
-        Ok(()) if !args.no_edge => {
+        Ok(()) if !args.no_edge && !args.only_continuity => {
             edge_overhead::rows(
                 &launcher,
                 args.edge_rounds,
@@ -205,12 +222,18 @@ async fn main() -> anyhow::Result<()> {
         }
         other => other,
     };
+    let result = match result {
+        Ok(()) if !args.no_continuity => {
+            continuity::rows(&launcher, &topo_file, &mut children).await
+        }
+        other => other,
+    };
     for (_, child) in &mut children {
         let _ = child.kill();
         let _ = child.wait();
     }
     result?;
-    if args.no_edge {
+    if args.no_edge || args.only_continuity {
         return Ok(());
     }
     edge_rows(&args, work.path()).await
@@ -230,6 +253,15 @@ async fn edge_rows(args: &Args, work: &std::path::Path) -> anyhow::Result<()> {
     edge::rows(&options, &std::env::current_dir()?, &dir).await
 }
 
+async fn wait_all_ready(launcher: &Launcher) -> anyhow::Result<()> {
+    for node in &launcher.topology.nodes {
+        launcher
+            .wait_ready(&node.name, None, Duration::from_secs(60))
+            .await?;
+    }
+    Ok(())
+}
+
 async fn run(
     args: &Args,
     launcher: &Launcher,
@@ -237,11 +269,7 @@ async fn run(
     dir: &std::path::Path,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    for node in &launcher.topology.nodes {
-        launcher
-            .wait_ready(&node.name, None, Duration::from_secs(60))
-            .await?;
-    }
+    wait_all_ready(launcher).await?;
     let node = launcher.node(&args.store)?;
     let addr = node
         .service_addr("store")

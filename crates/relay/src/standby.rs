@@ -62,6 +62,8 @@ impl Standby {
             return serving.clone();
         }
         let body = json!({"site": site, "reason": reason, "requested_by": self.me});
+        // Counted before the call: the supervisor answers once the standbys serve.
+        metrics::counter!("fabric_relay_standby_requests_total", "result" => "sent").increment(1);
         let started = Instant::now();
         let answer = client
             .call(
