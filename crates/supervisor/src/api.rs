@@ -188,7 +188,7 @@ async fn list(State(manager): State<Arc<Manager>>) -> Response {
 }
 
 async fn retire(State(manager): State<Arc<Manager>>, Path(node): Path<String>) -> Response {
-    match manager.retire(&node, "asked over the API").await {
+    match manager.retire(&node, "asked over the API", true).await {
         Some(_) => axum::Json(json!({"node": node, "state": "retired"})).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
