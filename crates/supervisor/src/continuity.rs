@@ -103,7 +103,7 @@ pub fn notice(event: Event, site: &str, standby_site: &str) -> Notice {
                 "Your mail service moved to the standby system at {standby_site}, because its \
                  home system ({site}) is not answering.\n\nNothing is lost: keep using your mail \
                  as usual, with the same addresses and settings.\n\nYou will be told when the \
-                 service is back on its home system.\n"
+                 service returns to its home system.\n"
             ),
         },
         Event::End => Notice {
