@@ -44,7 +44,7 @@ async fn fabric(sandbox: &Sandbox, args: &[&str], token: Option<&str>) -> anyhow
     if let Some(token) = token {
         cmd.env("FABRIC_OPERATOR_TOKEN", token);
     }
-    Ok(cmd.output().await.context("running fabric")?)
+    cmd.output().await.context("running fabric")
 }
 
 fn text(out: &Output) -> String {
