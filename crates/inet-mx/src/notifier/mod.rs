@@ -357,3 +357,28 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_needs_its_target() {
+        let of = |v: Value| Channel::of(&v);
+        assert_eq!(
+            of(json!({"notify": "sms", "sms": "+1555"})),
+            Some((Channel::Sms, "+1555".to_string()))
+        );
+        assert_eq!(
+            of(json!({"notify": "alternate", "alternate": "a@b.example", "sms": "+1"})),
+            Some((Channel::Alternate, "a@b.example".to_string()))
+        );
+        assert_eq!(
+            of(json!({"notify": "sms", "alternate": "a@b.example"})),
+            None
+        );
+        assert_eq!(of(json!({"notify": "alternate", "alternate": " "})), None);
+        assert_eq!(of(json!({"notify": "none", "sms": "+1555"})), None);
+        assert_eq!(of(json!({})), None);
+    }
+}
