@@ -4,7 +4,8 @@
 //! standby serves IMAP at its address (Python imaplib reads mail delivered before). West's users who
 //! asked for notifications are told once (ann by SMS, bea by a notice mail; cid asked for none, dan
 //! is at home in the east); `fabric failback` retires the standby and they are told again; the
-//! original then starts and serves.
+//! original then starts and serves. A whole site fails over and back (`--restart`) on a fabric
+//! started with `fabric up`.
 
 mod common;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use fabric::process::proc_state;
 use serde_json::{Value, json};
 use store_client::{Method, StoreClient};
-use testkit::Sandbox;
+use testkit::{PortSlot, Sandbox};
 use topology::{Role, Topology};
 
 const PASSWORD: &str = "failover secret";
@@ -343,5 +344,143 @@ print(json.dumps(refused))
     assert!(st.get("standby_by").is_none(), "the original serves: {st}");
     let read = imap_subjects(&sandbox).await?;
     assert_eq!(read, json!(["Subject: before the failover"]), "{read}");
+    Ok(())
+}
+
+/// The nodes of a `fabric up` fabric (and their supervisors' standbys) die with the test.
+struct Up {
+    data: tempfile::TempDir,
+}
+
+impl Up {
+    fn fabric(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(
+            std::process::Command::new(testkit::bin_dir().join("fabric"))
+                .args(args)
+                .env("FABRIC_DATA_DIR", self.data.path().join("var"))
+                .env_remove("FABRIC_OPERATOR_TOKEN")
+                .env_remove("FABRIC_TOPOLOGY")
+                .output()?,
+        )
+    }
+
+    /// The state of each node as `fabric status --json` reports it.
+    fn states(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        let out = self.fabric(&["status", "--json"])?;
+        let v: Value = serde_json::from_slice(&out.stdout).with_context(|| text(&out))?;
+        Ok(v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or("?").to_string(),
+                    n["state"].as_str().unwrap_or("?").to_string(),
+                )
+            })
+            .collect())
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let Ok(text) = std::fs::read_to_string(self.data.path().join("var/fabric.json")) else {
+            return;
+        };
+        let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        for pid in state["nodes"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|r| r["pid"].as_u64())
+        {
+            if proc_state(pid as u32).is_alive()
+                && let Ok(raw) = i32::try_from(pid)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(raw),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_whole_site_fails_over_and_back_with_restart() -> anyhow::Result<()> {
+    let slot = PortSlot::claim()?;
+    let up = Up {
+        data: tempfile::Builder::new()
+            .prefix("fabric-failover-")
+            .tempdir()?,
+    };
+    let mut t = Topology::load(testkit::workspace_root().join("topology/two-site.toml"))?;
+    t.nodes.retain(|n| {
+        !matches!(
+            n.role(),
+            Role::Router | Role::Redirector | Role::Dns | Role::Relay
+        )
+    });
+    t.acls.clear();
+    t.offset_ports(slot.offset()).map_err(anyhow::Error::msg)?;
+    let file = up.data.path().join("topology.toml");
+    std::fs::write(&file, t.to_toml()?)?;
+    let token = t.fabric.operator_token.clone().context("operator token")?;
+    let west: Vec<String> = t
+        .mail_servers("west")
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    assert_eq!(west.len(), 4);
+
+    let out = up.fabric(&["up", &file.display().to_string(), "--detach"])?;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The topology comes from the fabric's state file; the token from --token.
+    let out = up.fabric(&["failover", "--site", "west", "--token", &token])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    for node in &west {
+        assert!(said.contains(&format!("{node}: serving")), "{said}");
+    }
+    let states = up.states()?;
+    for node in &west {
+        assert_eq!(
+            states.get(node).map(String::as_str),
+            Some("standby"),
+            "{states:?}"
+        );
+    }
+
+    let out = up.fabric(&["failback", "--site", "west", "--token", &token, "--restart"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    for node in &west {
+        assert!(
+            said.contains(&format!("{node}: supervisor-e retired its standby")),
+            "{said}"
+        );
+    }
+    let states = up.states()?;
+    for node in &west {
+        assert_eq!(
+            states.get(node).map(String::as_str),
+            Some("ready"),
+            "{states:?}"
+        );
+    }
+    let supervisor = t
+        .node("supervisor-e")
+        .and_then(|n| n.service_addr("supervisor"))
+        .context("supervisor-e's address")?;
+    let list = StoreClient::new(format!("http://{supervisor}"))
+        .with_timeout(Duration::from_secs(10))
+        .raw(Method::GET, "/v1/standby", &[], Bytes::new())
+        .await?
+        .json()
+        .unwrap_or(Value::Null);
+    assert_eq!(list["standbys"], json!([]), "{list}");
+    let out = up.fabric(&["down"])?;
+    assert!(out.status.success(), "{}", text(&out));
     Ok(())
 }
