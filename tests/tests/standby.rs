@@ -395,7 +395,7 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         &east,
         Method::DELETE,
         "/v1/standby/intranet-w1",
-        &[],
+        &auth,
         Value::Null,
     )
     .await?;

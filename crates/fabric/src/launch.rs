@@ -218,9 +218,10 @@ impl Launcher {
     }
 
     /// Fail-back: before an original mail server starts, every supervisor of the topology that runs a
-    /// standby in its place retires it (`DELETE /v1/standby/NODE`), and this waits until the node's
-    /// ports are free. Returns the supervisors that retired one. A supervisor that does not answer runs
-    /// no standby (its standbys die with it). Other roles never have standbys: nothing to ask.
+    /// standby in its place retires it (`DELETE /v1/standby/NODE` with the topology's operator
+    /// token), and this waits until the node's ports are free. Returns the supervisors that retired
+    /// one. A supervisor that does not answer runs no standby (its standbys die with it). Other roles
+    /// never have standbys: nothing to ask.
     pub async fn reclaim_from_standby(&self, name: &str) -> Result<Vec<String>, LaunchError> {
         let node = self.node(name)?;
         if !matches!(node.role(), Role::InetMx | Role::Intranet) {
@@ -252,12 +253,20 @@ impl Launcher {
                 supervisor: supervisor.name.clone(),
                 message,
             };
+            // The supervisor retires only for the operator's token; the launcher has the topology.
+            let auth: Vec<(&str, String)> = self
+                .topology
+                .fabric
+                .operator_token
+                .iter()
+                .map(|t| ("authorization", format!("Bearer {t}")))
+                .collect();
             let resp = client
                 .with_timeout(retire_timeout)
                 .raw(
                     Method::DELETE,
                     &format!("/v1/standby/{name}"),
-                    &[],
+                    &auth,
                     bytes::Bytes::new(),
                 )
                 .await

@@ -110,6 +110,24 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
+    /// Manual failover (operator token): the supervisor of another site FENCES the mail server (or
+    /// every mail server of --site) -- it SIGKILLs the original even when it is healthy -- and starts
+    /// a standby at its address. Users of the site who asked for notifications are told.
+    Failover {
+        #[command(flatten)]
+        target: cli::failover::Target,
+    },
+    /// Manual fail-back (operator token): the supervisor serving the mail server (or each mail server
+    /// of --site) retires its standby; then start the original (`fabric start NODE`, or --restart).
+    Failback {
+        #[command(flatten)]
+        target: cli::failover::Target,
+        /// Start the originals at once (a fabric started with `fabric up`).
+        #[arg(long)]
+        restart: bool,
+        #[arg(long, default_value = "60", value_name = "SECONDS")]
+        ready_timeout: u64,
+    },
     /// What the simulated outside world (the sink nodes) received from the fabric.
     Outside {
         #[command(subcommand)]
@@ -367,6 +385,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Failover { target } => cli::failover::failover(&data_dir, &target).await,
+        Command::Failback {
+            target,
+            restart,
+            ready_timeout,
+        } => cli::failover::failback(&data_dir, &target, restart, ready_timeout).await,
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

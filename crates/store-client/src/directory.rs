@@ -63,6 +63,22 @@ impl Directory {
         }))
     }
 
+    /// Every user (the directory entries, password hashes included), from the first source that
+    /// answers.
+    pub async fn users(&self) -> Result<Vec<Value>, ClientError> {
+        let mut last = None;
+        for s in &self.sources {
+            match s.client.users(s.origin.as_deref()).await {
+                Ok(v) => return Ok(v["users"].as_array().cloned().unwrap_or_default()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connect {
+            url: "directory".into(),
+            message: "the topology has no store".into(),
+        }))
+    }
+
     /// The blocklist entries, lowercased.
     pub async fn blocklist(&self) -> Result<Vec<String>, ClientError> {
         let mut last = None;

@@ -3,7 +3,10 @@
 //!   `"force"` (manual failover: needs `Authorization: Bearer <fabric.operator_token>`):
 //!   `200 {"nodes": [{"node", "state": "serving"|"alive"|"failed", "pid"?, "since_ms"?, "ready_ms"?, "error"?}]}`;
 //! - `GET /v1/standby`: `{"standbys": [{"node", "role", "site", "pid", "since_ms", "reason", "requested_by"}]}`;
-//! - `DELETE /v1/standby/{node}`: retire; `200 {"node", "state": "retired"}`, 404 if none.
+//! - `DELETE /v1/standby/{node}`: retire (`Authorization: Bearer <fabric.operator_token>`: 401
+//!   without, 403 wrong; the launcher's fail-back hook sends the topology's token); `200 {"node",
+//!   "state": "retired"}`, 404 if none. A fabric without an operator token lets anyone retire (there
+//!   is nothing to check, and fail-back must work).
 
 use std::sync::Arc;
 
@@ -65,8 +68,8 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> ApiError {
     }
 }
 
-/// The operator's token must come with a forced failover: 401 without one, 403 with a wrong one (or
-/// when the fabric has none).
+/// The operator's token must come with a forced failover and a retirement: 401 without one, 403 with
+/// a wrong one (or, for a forced failover, when the fabric has none).
 fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
@@ -76,7 +79,7 @@ fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), ApiError> {
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "force needs Authorization: Bearer <operator_token>",
+            "this needs Authorization: Bearer <operator_token> (fabric failover/failback --token)",
         ));
     };
     match token {
@@ -187,8 +190,19 @@ async fn list(State(manager): State<Arc<Manager>>) -> Response {
     axum::Json(json!({"standbys": manager.list()})).into_response()
 }
 
-async fn retire(State(manager): State<Arc<Manager>>, Path(node): Path<String>) -> Response {
-    match manager.retire(&node, "asked over the API").await {
+async fn retire(
+    State(manager): State<Arc<Manager>>,
+    headers: HeaderMap,
+    Path(node): Path<String>,
+) -> Response {
+    let token = manager.topology().fabric.operator_token.as_deref();
+    if token.is_some()
+        && let Err(refused) = authorize(&headers, token)
+    {
+        tracing::warn!(standby_for = %node, status = refused.status.as_u16(), "retirement refused");
+        return refused.into_response();
+    }
+    match manager.retire(&node, "asked over the API", true).await {
         Some(_) => axum::Json(json!({"node": node, "state": "retired"})).into_response(),
         None => error(
             StatusCode::NOT_FOUND,

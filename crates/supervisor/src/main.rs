@@ -6,9 +6,11 @@
 //! - `api`: the HTTP API on the `supervisor` port;
 //! - `standby`: invoking, watching and retiring standbys;
 //! - `fence`: `/proc/net/tcp` and `/proc/PID/fd`: who listens on an address, SIGKILL it;
-//! - `probe`: is a mail server healthy (admin `/health`, protocol greeting).
+//! - `probe`: is a mail server healthy (admin `/health`, protocol greeting);
+//! - `continuity`: tells a site's users when an outage begins and ends (SMS or notice mail).
 
 mod api;
+mod continuity;
 mod fence;
 mod probe;
 mod standby;
@@ -49,7 +51,23 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "From fencing done to the standby's /ready."
     );
+    metrics::describe_counter!(
+        "fabric_supervisor_continuity_notices_total",
+        "Continuity notices sent to users, by event (start: first standby for their site; end: \
+         fail-back) and channel (sms, alternate)."
+    );
+    metrics::describe_counter!(
+        "fabric_supervisor_continuity_failures_total",
+        "Continuity notices given up (or not sent: the directory was unreadable), by event."
+    );
     metrics::gauge!("fabric_supervisor_standbys").set(0.0);
+    for event in ["start", "end"] {
+        for channel in ["sms", "alternate"] {
+            metrics::counter!("fabric_supervisor_continuity_notices_total",
+                "event" => event, "channel" => channel)
+            .absolute(0);
+        }
+    }
     for result in ["started", "alive", "failed"] {
         metrics::counter!("fabric_supervisor_invocations_total", "result" => result).absolute(0);
     }

@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use topology::Node;
 
+use crate::continuity::{Continuity, Event};
 use crate::{fence, probe};
 
 /// How long a standby may take to answer `/ready`.
@@ -120,18 +121,21 @@ pub struct Manager {
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     registry: Mutex<BTreeMap<String, StandbyInfo>>,
     pub counters: Counters,
+    /// Tells a site's users when its first standby starts and its last one is retired.
+    continuity: Continuity,
 }
 
 impl Manager {
     pub fn new(ctx: NodeContext, topology_file: PathBuf, bin_dir: PathBuf) -> Arc<Manager> {
         Arc::new(Manager {
-            ctx,
             topology_file,
             bin_dir,
             spawner: Spawner::start(),
             slots: Mutex::new(HashMap::new()),
             registry: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
+            continuity: Continuity::start(ctx.topology.clone(), &ctx.node),
+            ctx,
         })
     }
 
@@ -228,8 +232,17 @@ impl Manager {
             ready_ms: ready.as_millis() as u64,
             restarts: 0,
         };
-        self.registry().insert(node.name.clone(), info);
+        // The first standby for its site (checked and inserted under one lock): an outage begins.
+        let first = {
+            let mut registry = self.registry();
+            let first = !registry.values().any(|i| i.site == node.site);
+            registry.insert(node.name.clone(), info);
+            first
+        };
         self.publish_gauge();
+        if first {
+            self.continuity.announce(Event::Start, &node.site);
+        }
         tracing::info!(standby_for = %node.name, result = "started", pid, ready_ms = ready.as_millis() as u64,
             address = %node.address, "standby serving at the failed node's address");
         tokio::spawn(self.clone().watch(node.clone(), slot.generation));
@@ -352,19 +365,33 @@ impl Manager {
     }
 
     /// Stops the standby of `node` (SIGTERM, the shutdown deadline, then SIGKILL); `None` if this
-    /// supervisor runs none for it.
-    pub async fn retire(&self, node: &str, why: &str) -> Option<StandbyInfo> {
+    /// supervisor runs none for it. With `fail_back`, retiring the last standby of a site tells its
+    /// users the service is back home (not when the supervisor itself stops).
+    pub async fn retire(&self, node: &str, why: &str, fail_back: bool) -> Option<StandbyInfo> {
         let slot = self.slot(node);
         let mut slot = slot.lock().await;
         slot.generation += 1;
         let mut child = slot.child.take()?;
-        let info = self.registry().remove(node);
+        let (info, last) = {
+            let mut registry = self.registry();
+            let info = registry.remove(node);
+            let last = info
+                .as_ref()
+                .is_some_and(|i| !registry.values().any(|o| o.site == i.site));
+            (info, last)
+        };
         let pid = child.id();
         stop_child(&mut child, self.ctx.topology.timing.shutdown_deadline).await;
         self.counters.retired.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("fabric_supervisor_retired_total").increment(1);
         self.publish_gauge();
         tracing::info!(standby_for = %node, pid, why, "standby retired");
+        if let Some(site) = info.as_ref().map(|i| &i.site)
+            && last
+            && fail_back
+        {
+            self.continuity.announce(Event::End, site);
+        }
         info
     }
 
@@ -375,7 +402,7 @@ impl Manager {
         for name in names {
             let me = self.clone();
             tasks.push(tokio::spawn(async move {
-                me.retire(&name, "supervisor shutting down").await
+                me.retire(&name, "supervisor shutting down", false).await
             }));
         }
         for task in tasks {

@@ -107,6 +107,11 @@ impl Sandbox {
         &self.launcher.topology
     }
 
+    /// The topology file the nodes were started with (for the `fabric` command's `--topology`).
+    pub fn topology_file(&self) -> &Path {
+        &self.launcher.topology_file
+    }
+
     /// `http://ADDR:PORT` of one of a node's services.
     pub fn url(&self, node: &str, service: &str) -> String {
         let addr = self

@@ -12,6 +12,10 @@
 //! Sent: `fabric_inet_mx_notify_sent_total{channel}`. The mail itself is never touched: it is already
 //! stored and acknowledged when this starts. At most [`MAX_IN_FLIGHT`] messages are being notified
 //! at once; beyond that a notification is dropped and counted (`..._dropped_total`).
+//!
+//! [`Notifier::send_notice`] sends a notice about the service itself (not about one message) to one
+//! user the same way: same channels, retries, text flattening; its metrics carry the prefix given to
+//! [`Notifier::with_metrics_prefix`] (the site supervisor's continuity notices).
 
 mod text;
 
@@ -23,6 +27,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use store_client::directory::Directory;
 use store_client::{Method, StoreClient};
+use thiserror::Error;
 use tokio::sync::Semaphore;
 use topology::{Role, Topology};
 
@@ -61,21 +66,64 @@ struct Inner {
     /// Where notice mails go: the remote MX (the sink node's SMTP port).
     remote_mx: Option<SocketAddr>,
     in_flight: Arc<Semaphore>,
+    /// `PREFIX_sent_total`, `PREFIX_failures_total`, `PREFIX_given_up_total`.
+    prefix: &'static str,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Channel {
+/// How a user asked to be notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
     Sms,
     Alternate,
 }
 
 impl Channel {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Channel::Sms => "sms",
             Channel::Alternate => "alternate",
         }
     }
+
+    /// The channel a directory entry asks for and where it goes (`notify = "sms"` with an `sms`
+    /// number, `"alternate"` with an `alternate` address); `None` for anything else.
+    pub fn of(user: &Value) -> Option<(Channel, String)> {
+        let (channel, target) = match user["notify"].as_str() {
+            Some("sms") => (Channel::Sms, user["sms"].as_str()),
+            Some("alternate") => (Channel::Alternate, user["alternate"].as_str()),
+            _ => return None,
+        };
+        let target = target.map(str::trim).filter(|t| !t.is_empty())?;
+        Some((channel, target.to_string()))
+    }
+}
+
+/// A notice about the service (not about one message) for one user.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    /// Names the notice in logs and in the notice mail's Message-ID (`continuity-start-west`).
+    pub tag: String,
+    /// The SMS text (flattened to one line, at most two segments).
+    pub sms: String,
+    pub subject: String,
+    /// The notice mail's body (each line flattened on its own).
+    pub body: String,
+}
+
+/// A notice that was not delivered.
+#[derive(Debug, Error)]
+#[error("{channel} notice to {to} given up after {attempts} attempt(s): {error}")]
+pub struct NoticeError {
+    pub channel: &'static str,
+    pub to: String,
+    pub attempts: usize,
+    pub error: String,
+}
+
+/// What one notification sends, built once (a retried notice mail keeps its Message-ID).
+enum Payload {
+    Sms(String),
+    Mail(String),
 }
 
 /// One failed attempt.
@@ -99,8 +147,48 @@ impl Notifier {
                 gateway,
                 remote_mx,
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+                prefix: "fabric_inet_mx_notify",
             }),
         }
+    }
+
+    /// The same notifier counting under `PREFIX_sent_total{channel}` (and `_failures_total`,
+    /// `_given_up_total`) instead of `fabric_inet_mx_notify_...`. Call before sharing it.
+    pub fn with_metrics_prefix(mut self, prefix: &'static str) -> Notifier {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.prefix = prefix;
+        }
+        self
+    }
+
+    /// Sends `notice` to one directory entry as it asked (SMS or a notice mail to its alternate
+    /// address), with the retries of new-mail notifications. `Ok(None)`: the user asked for none;
+    /// `Ok(Some(channel))`: delivered. Waits until delivered or given up (run it in the background).
+    pub async fn send_notice(
+        &self,
+        user: &Value,
+        notice: &Notice,
+    ) -> Result<Option<Channel>, NoticeError> {
+        let Some((channel, target)) = Channel::of(user) else {
+            return Ok(None);
+        };
+        let address = user["address"].as_str().unwrap_or("");
+        let payload = match channel {
+            Channel::Sms => Payload::Sms(text::sms(&notice.sms)),
+            Channel::Alternate => Payload::Mail(text::notice_mail(
+                &notice.tag,
+                address,
+                &target,
+                &self.inner.hostname,
+                &notice.subject,
+                &notice.body,
+                None,
+            )),
+        };
+        self.inner
+            .deliver(&notice.tag, address, channel, &target, &payload)
+            .await
+            .map(|_| Some(channel))
     }
 
     /// Notifies the recipients of `accepted` who asked for it, in the background.
@@ -134,64 +222,69 @@ impl Inner {
                     continue;
                 }
             };
-            let channel = match user["notify"].as_str() {
-                Some("sms") => Channel::Sms,
-                Some("alternate") => Channel::Alternate,
-                _ => continue,
+            let Some((channel, target)) = Channel::of(&user) else {
+                continue;
             };
-            self.notify(&accepted.id, rcpt, &user, channel, &summary)
-                .await;
+            let id = &accepted.id;
+            let payload = match channel {
+                Channel::Sms => Payload::Sms(summary.sms_text(id)),
+                Channel::Alternate => {
+                    Payload::Mail(summary.notice(id, rcpt, &target, &self.hostname))
+                }
+            };
+            // Given up: logged and counted by `deliver`; the mail itself is stored and delivered.
+            let _ = self.deliver(id, rcpt, channel, &target, &payload).await;
         }
     }
 
-    async fn notify(
+    /// Sends `payload` with retries; returns the attempts it took.
+    async fn deliver(
         &self,
         id: &str,
         rcpt: &str,
-        user: &Value,
         channel: Channel,
-        summary: &text::Summary,
-    ) {
-        let target = match channel {
-            Channel::Sms => user["sms"].as_str(),
-            Channel::Alternate => user["alternate"].as_str(),
-        }
-        .unwrap_or("")
-        .to_string();
+        target: &str,
+        payload: &Payload,
+    ) -> Result<usize, NoticeError> {
         let label = channel.as_str();
-        for attempt in 0..=RETRY_DELAYS.len() {
-            let result = match channel {
-                Channel::Sms => self.sms(&target, &summary.sms_text(id)).await,
-                Channel::Alternate => {
-                    let notice = summary.notice(id, rcpt, &target, &self.hostname);
-                    self.mail(&target, &notice).await
-                }
+        let prefix = self.prefix;
+        let mut attempt = 0;
+        loop {
+            let result = match payload {
+                Payload::Sms(text) => self.sms(target, text).await,
+                Payload::Mail(notice) => self.mail(target, notice).await,
             };
             match result {
                 Ok(()) => {
-                    metrics::counter!("fabric_inet_mx_notify_sent_total", "channel" => label)
+                    metrics::counter!(format!("{prefix}_sent_total"), "channel" => label)
                         .increment(1);
                     tracing::info!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
                         attempt = attempt + 1, "notification sent");
-                    return;
+                    return Ok(attempt + 1);
                 }
                 Err(f) => {
-                    metrics::counter!("fabric_inet_mx_notify_failures_total", "channel" => label)
+                    metrics::counter!(format!("{prefix}_failures_total"), "channel" => label)
                         .increment(1);
                     let last = f.permanent || attempt == RETRY_DELAYS.len();
                     if last {
-                        metrics::counter!("fabric_inet_mx_notify_given_up_total", "channel" => label)
+                        metrics::counter!(format!("{prefix}_given_up_total"), "channel" => label)
                             .increment(1);
                         tracing::error!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
                             attempt = attempt + 1, error = %f.error, permanent = f.permanent,
-                            "notification given up (the mail itself is stored and delivered)");
-                        return;
+                            "notification given up");
+                        return Err(NoticeError {
+                            channel: label,
+                            to: target.to_string(),
+                            attempts: attempt + 1,
+                            error: f.error,
+                        });
                     }
                     tracing::warn!(msg_id = %id, rcpt = %rcpt, channel = label, to = %target,
                         attempt = attempt + 1, error = %f.error, "notification failed; retrying");
                     if let Some(delay) = RETRY_DELAYS.get(attempt) {
                         tokio::time::sleep(*delay).await;
                     }
+                    attempt += 1;
                 }
             }
         }
@@ -262,5 +355,30 @@ impl Inner {
                 permanent: false,
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_needs_its_target() {
+        let of = |v: Value| Channel::of(&v);
+        assert_eq!(
+            of(json!({"notify": "sms", "sms": "+1555"})),
+            Some((Channel::Sms, "+1555".to_string()))
+        );
+        assert_eq!(
+            of(json!({"notify": "alternate", "alternate": "a@b.example", "sms": "+1"})),
+            Some((Channel::Alternate, "a@b.example".to_string()))
+        );
+        assert_eq!(
+            of(json!({"notify": "sms", "alternate": "a@b.example"})),
+            None
+        );
+        assert_eq!(of(json!({"notify": "alternate", "alternate": " "})), None);
+        assert_eq!(of(json!({"notify": "none", "sms": "+1555"})), None);
+        assert_eq!(of(json!({})), None);
     }
 }

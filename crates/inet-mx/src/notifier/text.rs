@@ -96,44 +96,92 @@ impl Summary {
 
     /// The notice mail to the alternate address (headers and body, CRLF line ends).
     pub fn notice(&self, id: &str, rcpt: &str, alternate: &str, hostname: &str) -> String {
-        let domain = rcpt.rsplit_once('@').map_or(hostname, |(_, d)| d);
-        let to = if safe_address(alternate) {
-            alternate
-        } else {
-            "undisclosed-recipients:;"
-        };
-        let date = httpdate::fmt_http_date(SystemTime::now());
-        let subject = header_text(&format!("New mail for {rcpt}: {}", self.subject));
-        let mut text = format!(
-            "From: Mail Fabric <postmaster@{domain}>\r\n\
-             To: <{to}>\r\n\
-             Subject: {subject}\r\n\
-             Date: {date}\r\n\
-             Message-ID: <notify.{id}.{}@{hostname}>\r\n\
-             Auto-Submitted: auto-generated\r\n\
-             X-Fabric-Message-Id: {id}\r\n\
-             MIME-Version: 1.0\r\n\
-             Content-Type: text/plain; charset=utf-8\r\n",
-            uuid::Uuid::new_v4().simple()
-        );
         let body = format!(
             "New mail has arrived in the mailbox {rcpt}.\r\n\r\n\
              From: {}\r\nSubject: {}\r\nFabric message id: {id}\r\n",
             self.from, self.subject
         );
-        if body.is_ascii() {
-            text.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
-            text.push_str(&body);
-        } else {
-            text.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
-            let b64 = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
-            for chunk in b64.as_bytes().chunks(76) {
-                text.push_str(&String::from_utf8_lossy(chunk));
-                text.push_str("\r\n");
-            }
-        }
-        text
+        notice_mail(
+            id,
+            rcpt,
+            alternate,
+            hostname,
+            &format!("New mail for {rcpt}: {}", self.subject),
+            &body,
+            Some(id),
+        )
     }
+}
+
+/// The text of an SMS about the service itself: one flattened line within [`MAX_SMS_CHARS`].
+pub fn sms(text: &str) -> String {
+    flatten(text, MAX_SMS_CHARS)
+}
+
+/// A tag that is safe inside a Message-ID (letters, digits, `.`, `-`, `_`).
+fn safe_tag(tag: &str) -> String {
+    let t: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(64)
+        .collect();
+    if t.is_empty() { "notice".into() } else { t }
+}
+
+/// A short notice mail to `alternate` about the mailbox `rcpt` (headers and body, CRLF line ends).
+/// The subject is flattened to one line and every line of the body is flattened on its own, so
+/// neither can add a header. `fabric_id` adds `X-Fabric-Message-Id` (a notice about one message).
+pub fn notice_mail(
+    tag: &str,
+    rcpt: &str,
+    alternate: &str,
+    hostname: &str,
+    subject: &str,
+    body: &str,
+    fabric_id: Option<&str>,
+) -> String {
+    let domain = rcpt
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| safe_address(d))
+        .unwrap_or(hostname);
+    let to = if safe_address(alternate) {
+        alternate
+    } else {
+        "undisclosed-recipients:;"
+    };
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    let subject = header_text(&flatten(subject, 2 * MAX_FIELD_CHARS));
+    let mut text = format!(
+        "From: Mail Fabric <postmaster@{domain}>\r\n\
+         To: <{to}>\r\n\
+         Subject: {subject}\r\n\
+         Date: {date}\r\n\
+         Message-ID: <notify.{}.{}@{hostname}>\r\n\
+         Auto-Submitted: auto-generated\r\n",
+        safe_tag(tag),
+        uuid::Uuid::new_v4().simple()
+    );
+    if let Some(id) = fabric_id {
+        text.push_str(&format!("X-Fabric-Message-Id: {}\r\n", safe_tag(id)));
+    }
+    text.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n");
+    let body: String = body
+        .lines()
+        .map(|l| format!("{}\r\n", flatten(l, 900)))
+        .collect();
+    if body.is_ascii() {
+        text.push_str("Content-Transfer-Encoding: 7bit\r\n\r\n");
+        text.push_str(&body);
+    } else {
+        text.push_str("Content-Transfer-Encoding: base64\r\n\r\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
+        for chunk in b64.as_bytes().chunks(76) {
+            text.push_str(&String::from_utf8_lossy(chunk));
+            text.push_str("\r\n");
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -180,5 +228,30 @@ mod tests {
         }
         .notice("id1", "ann@acme.example", "ann@home.example", "h");
         assert!(u.is_ascii(), "non-ASCII is encoded: {u}");
+    }
+
+    #[test]
+    fn service_notices_are_flattened_too() {
+        let n = notice_mail(
+            "continuity-start west",
+            "ann@acme.example",
+            "ann@home.example",
+            "h",
+            "moved\r\nBcc: victim@x.example",
+            "line one\r\n\r\nline two\rBcc: x@y.example",
+            None,
+        );
+        assert!(!n.contains("\r\nBcc:"), "{n}");
+        assert!(
+            n.contains("Message-ID: <notify.continuity-startwest."),
+            "{n}"
+        );
+        assert!(!n.contains("X-Fabric-Message-Id"), "{n}");
+        assert!(
+            n.contains("\r\n\r\nline one\r\n\r\nline two Bcc: x@y.example\r\n"),
+            "{n}"
+        );
+        let long = sms(&"x\n".repeat(400));
+        assert!(long.chars().count() <= MAX_SMS_CHARS && !long.contains('\n'));
     }
 }
