@@ -29,6 +29,7 @@ use topology::Topology;
 
 const ANN: &str = "ann@acme.example";
 const PASSWORD: &str = "continuity secret";
+const ANN_SMS: &str = "+15550100";
 const WEST_MAIL_SERVERS: [&str; 4] = ["inet-mx-w1", "inet-mx-w2", "intranet-w1", "intranet-w2"];
 
 /// One message from a remote sender through the fabric's DNS; the fabric id on a 250.
@@ -107,6 +108,27 @@ async fn get_json(url: String, path: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&r.body)?)
 }
 
+/// The texts of the SMS ann got at the gateway (the sink), with the continuity notices' words.
+async fn continuity_sms(sandbox: &Sandbox) -> anyhow::Result<(usize, usize)> {
+    let v = get_json(sandbox.url("outside", "sms"), "/v1/sms").await?;
+    let texts: Vec<String> = v["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["to"] == ANN_SMS)
+        .filter_map(|m| m["text"].as_str().map(str::to_string))
+        .collect();
+    let start = texts
+        .iter()
+        .filter(|t| t.contains("moved to the standby system"))
+        .count();
+    let end = texts
+        .iter()
+        .filter(|t| t.contains("back on its home system"))
+        .count();
+    Ok((start, end))
+}
+
 /// Every subject in ann's INBOX, counted (straight from her home store).
 async fn inbox_counts(sandbox: &Sandbox) -> anyhow::Result<BTreeMap<String, usize>> {
     let store = common::store(sandbox, "store-w1");
@@ -152,7 +174,10 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     let mut sandbox = Sandbox::start_topology(t).await?;
     let hash = common::argon2_hash(PASSWORD)?;
     common::store(&sandbox, "store-w1")
-        .put_user(ANN, &json!({"password_hash": hash, "notify": "none"}))
+        .put_user(
+            ANN,
+            &json!({"password_hash": hash, "notify": "sms", "sms": ANN_SMS}),
+        )
         .await?;
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), sandbox.topology().to_toml()?)?;
@@ -244,6 +269,14 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         assert_eq!(status["standby_by"], "supervisor-e", "{node}: {status}");
     }
 
+    // Ann was told once that her service moved (SMS, as her directory entry asks).
+    poll(
+        "the start notice at the SMS gateway",
+        Duration::from_secs(30),
+        || async { Ok((continuity_sms(&sandbox).await? == (1, 0)).then_some(())) },
+    )
+    .await?;
+
     // The load goes on a little on the standbys, then stops.
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
@@ -295,6 +328,12 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     }
     let v = get_json(supervisor.clone(), "/v1/standby").await?;
     assert_eq!(v["standbys"], json!([]), "every standby retired: {v}");
+    poll(
+        "the end notice at the SMS gateway",
+        Duration::from_secs(30),
+        || async { Ok((continuity_sms(&sandbox).await? == (1, 1)).then_some(())) },
+    )
+    .await?;
 
     // After the fail-back: new mail flows to the originals, and every message is there exactly once.
     fabric_send(&topo, "after the outage").await?;
