@@ -8,33 +8,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use smtp::client::{self, Outcome};
-use topology::{Role, Topology};
 
 /// Each read and write of a hand-over.
 pub const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting and the greeting: a frozen server (it accepts TCP, never greets) costs this much per
 /// path and round, so it is short; a live server of the fabric greets in milliseconds.
 pub const GREETING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Where a home site takes mail, in the order they are tried; `rotate` turns the routers so that
-/// successive attempts start at a different one.
-pub fn paths(topology: &Topology, home: &str, rotate: usize) -> Vec<(String, SocketAddr)> {
-    let mut routers: Vec<(String, SocketAddr)> = topology
-        .routers(home, "internet")
-        .into_iter()
-        .filter(|_| topology.acl_allows("internet", "smtp"))
-        .filter_map(|r| Some((r.name.clone(), r.service_addr("smtp")?)))
-        .collect();
-    if !routers.is_empty() {
-        let n = rotate % routers.len();
-        routers.rotate_left(n);
-    }
-    let servers = topology
-        .nodes_with_role(Role::InetMx)
-        .filter(|n| n.site == home)
-        .filter_map(|n| Some((n.name.clone(), n.service_addr("smtp")?)));
-    routers.into_iter().chain(servers).collect()
-}
 
 /// One hand-over: the first path whose answer is not temporary for every recipient gives the
 /// outcomes (and its name); when every path fails, every recipient is temporary with each path's

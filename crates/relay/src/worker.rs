@@ -185,7 +185,9 @@ impl Worker {
         home: &str,
         rcpts: &[String],
     ) -> Vec<Outcome> {
-        let paths = handover::paths(&self.topology, home, item.attempts.max(0) as usize);
+        let paths = self
+            .topology
+            .smtp_entry(home, item.attempts.max(0) as usize);
         let helo = self.returns.hostname().to_string();
         let (path, outcomes) =
             handover::deliver(&paths, self.source, &helo, &held.from, rcpts, &item.body).await;

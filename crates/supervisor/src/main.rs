@@ -7,11 +7,13 @@
 //! - `standby`: invoking, watching and retiring standbys;
 //! - `fence`: `/proc/net/tcp` and `/proc/PID/fd`: who listens on an address, SIGKILL it;
 //! - `probe`: is a mail server healthy (admin `/health`, protocol greeting);
-//! - `continuity`: tells a site's users when an outage begins and ends (SMS or notice mail).
+//! - `continuity`: tells a site's users when an outage begins and ends (SMS or notice mail);
+//! - `flow_probe`: a probe message to each other site's probe mailbox every `probe_interval`.
 
 mod api;
 mod continuity;
 mod fence;
+mod flow_probe;
 mod probe;
 mod standby;
 
@@ -59,6 +61,23 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "fabric_supervisor_continuity_failures_total",
         "Continuity notices given up (or not sent: the directory was unreadable), by event."
+    );
+    metrics::describe_gauge!(
+        "fabric_probe_ok",
+        "1 while the last probe message to the site reached its probe mailbox, else 0."
+    );
+    metrics::describe_counter!(
+        "fabric_probe_arrived_total",
+        "Probe messages that reached the site's probe mailbox."
+    );
+    metrics::describe_counter!(
+        "fabric_probe_missing_total",
+        "Probe messages not accepted, or not in the probe mailbox within one probe interval."
+    );
+    metrics::describe_histogram!(
+        "fabric_probe_seconds",
+        metrics::Unit::Seconds,
+        "From sending a probe to finding it in the probe mailbox."
     );
     metrics::gauge!("fabric_supervisor_standbys").set(0.0);
     for event in ["start", "end"] {
@@ -121,10 +140,16 @@ async fn main() -> anyhow::Result<()> {
         }),
     );
     let admin_task = tokio::spawn(admin_server.serve(admin));
+    let probe_task = tokio::spawn(flow_probe::run(
+        ctx.topology.clone(),
+        ctx.node.clone(),
+        ctx.shutdown.clone(),
+    ));
     tracing::info!(api = %ctx.node.service_addr("supervisor").map(|a| a.to_string()).unwrap_or_default(),
         admin = %ctx.node.admin_addr(), "supervisor ready");
 
     ctx.shutdown.cancelled().await;
+    probe_task.abort();
     manager.retire_all().await;
     let _ = api_task.await;
     admin_task.abort();

@@ -1,7 +1,7 @@
 //! Guaranteed delivery and continuity: relay servers (the secondary MX of the other site's domains)
 //! and the supervisor of each site that invokes standby servers in place of failed ones.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::model::{Domain, Node, Role, Topology};
 
@@ -46,5 +46,29 @@ impl Topology {
             .iter()
             .filter(|n| n.site == site && matches!(n.role(), Role::InetMx | Role::Intranet))
             .collect()
+    }
+
+    /// Where `site` takes mail over SMTP, in the order to try: its Internet routers (the path the
+    /// Internet uses, when the access list forwards smtp) turned left by `rotate`, then its Internet
+    /// mail servers themselves (the path between the sites). Relays hand held mail over this way and
+    /// the supervisors send their flow probes along it.
+    pub fn smtp_entry(&self, site: &str, rotate: usize) -> Vec<(String, SocketAddr)> {
+        let mut routers: Vec<(String, SocketAddr)> = if self.acl_allows("internet", "smtp") {
+            self.routers(site, "internet")
+                .into_iter()
+                .filter_map(|r| Some((r.name.clone(), r.service_addr("smtp")?)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if !routers.is_empty() {
+            let n = rotate % routers.len();
+            routers.rotate_left(n);
+        }
+        let servers = self
+            .nodes_with_role(Role::InetMx)
+            .filter(|n| n.site == site)
+            .filter_map(|n| Some((n.name.clone(), n.service_addr("smtp")?)));
+        routers.into_iter().chain(servers).collect()
     }
 }
