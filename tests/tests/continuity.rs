@@ -147,23 +147,6 @@ async fn inbox_counts(sandbox: &Sandbox) -> anyhow::Result<BTreeMap<String, usiz
     Ok(counts)
 }
 
-async fn poll<T, F, Fut>(what: &str, wait: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {wait:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged_back_exactly_once()
 -> anyhow::Result<()> {
@@ -232,7 +215,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         }
         anyhow::Ok(n)
     };
-    poll(
+    common::poll(
         "a relay of east accepts west's mail",
         Duration::from_secs(30),
         || async { Ok((relay_accepted().await? > 0.0).then_some(())) },
@@ -245,7 +228,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
 
     // After the threshold the relays ask east's supervisor: standbys for all four, at their addresses.
     let supervisor = sandbox.url("supervisor-e", "supervisor");
-    poll(
+    common::poll(
         "standbys for every west mail server",
         Duration::from_secs(90),
         || async {
@@ -270,7 +253,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     }
 
     // Ann was told once that her service moved (SMS, as her directory entry asks).
-    poll(
+    common::poll(
         "the start notice at the SMS gateway",
         Duration::from_secs(30),
         || async { Ok((continuity_sms(&sandbox).await? == (1, 0)).then_some(())) },
@@ -293,7 +276,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
 
     // Everything accepted (before and during) reaches the mailbox, and ann reads it over IMAP with
     // the same login at her server's usual address, now served by the standby.
-    poll(
+    common::poll(
         "every accepted message in ann's INBOX",
         Duration::from_secs(90),
         || async {
@@ -328,7 +311,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     }
     let v = get_json(supervisor.clone(), "/v1/standby").await?;
     assert_eq!(v["standbys"], json!([]), "every standby retired: {v}");
-    poll(
+    common::poll(
         "the end notice at the SMS gateway",
         Duration::from_secs(30),
         || async { Ok((continuity_sms(&sandbox).await? == (1, 1)).then_some(())) },
@@ -339,7 +322,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     fabric_send(&topo, "after the outage").await?;
     let mut all = accepted.clone();
     all.push("after the outage".to_string());
-    let counts = poll(
+    let counts = common::poll(
         "the message after fail-back",
         Duration::from_secs(60),
         || async {

@@ -13,9 +13,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use store_client::{Method, QueueItem, StoreClient};
@@ -130,23 +130,6 @@ async fn inbox(store: &StoreClient) -> anyhow::Result<Vec<(String, Option<String
     Ok(out)
 }
 
-async fn poll<T, F, Fut>(what: &str, wait: Duration, mut f: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + wait;
-    loop {
-        if let Some(v) = f().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {wait:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactly_once()
 -> anyhow::Result<()> {
@@ -202,7 +185,7 @@ async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactl
     };
     let r = forged.run(&["forged id".to_string()]).await?;
     assert_eq!(r[0].0, 250, "{r:?}");
-    poll(
+    common::poll(
         "both messages in ann's INBOX",
         Duration::from_secs(30),
         || async { Ok((inbox(&ann).await?.len() == 2).then_some(())) },
@@ -229,7 +212,7 @@ async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactl
     }
     // Every accepted message waits in east's relay queue and is tried again and again.
     let east = ["store-e1", "store-e2"];
-    poll(
+    common::poll(
         "every held message retried at least twice",
         Duration::from_secs(40),
         || async {
@@ -254,7 +237,7 @@ async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactl
     sandbox.kill("inet-mx-w2", Signal::SIGKILL)?;
     sandbox.start_node("inet-mx-w1").await?;
     sandbox.start_node("inet-mx-w2").await?;
-    let got = poll(
+    let got = common::poll(
         "the held mail in ann's INBOX",
         Duration::from_secs(60),
         || async {
@@ -279,7 +262,7 @@ async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactl
             assert!(trace.contains(hop), "{hop} in {trace}");
         }
     }
-    poll("the relay queue empty", Duration::from_secs(20), || async {
+    common::poll("the relay queue empty", Duration::from_secs(20), || async {
         Ok(queue_items(&sandbox, &east, "relay")
             .await?
             .is_empty()
@@ -381,7 +364,7 @@ async fn held_mail_gets_a_delay_notice_then_returns_to_its_sender_after_its_life
     }
 
     // An Internet sender: a delay notice, then a bounce, both from the null sender, at its MX.
-    let reports = poll(
+    let reports = common::poll(
         "delay notice and bounce at carol's MX",
         Duration::from_secs(40),
         || async {
@@ -417,7 +400,7 @@ async fn held_mail_gets_a_delay_notice_then_returns_to_its_sender_after_its_life
 
     // A customer sender gets both in its INBOX (exactly once each, however often the relay tries).
     let bob = common::store(&sandbox, "store-e1");
-    let listing = poll("bob's reports", Duration::from_secs(30), || async {
+    let listing = common::poll("bob's reports", Duration::from_secs(30), || async {
         let l = bob
             .list_mailbox("bob@globex.example", "INBOX", None)
             .await?;
@@ -433,7 +416,7 @@ async fn held_mail_gets_a_delay_notice_then_returns_to_its_sender_after_its_life
         names,
         vec![format!("{}.delay", ids[1]), format!("{}.bounce", ids[1])],
     );
-    poll("the relay queue empty", Duration::from_secs(20), || async {
+    common::poll("the relay queue empty", Duration::from_secs(20), || async {
         Ok(queue_items(&sandbox, &["store-e1", "store-e2"], "relay")
             .await?
             .is_empty()

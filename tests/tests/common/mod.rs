@@ -115,3 +115,21 @@ pub fn host_port(url: &str) -> (String, String) {
     let (h, p) = a.rsplit_once(':').unwrap_or((a, "0"));
     (h.to_string(), p.to_string())
 }
+
+/// Calls `f` every 200 ms until it gives `Some` (or an error) or `wait` passes.
+pub async fn poll<T, F, Fut>(what: &str, wait: std::time::Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(v) = f().await? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: not within {wait:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
