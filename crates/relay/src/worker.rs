@@ -138,29 +138,19 @@ impl Worker {
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(stores = self.stores.len(), retry = ?self.topology.timing.relay_retry, "relay delivery worker ready");
-        loop {
-            let mut leased = 0;
-            for (name, store) in &self.stores {
-                match store.lease(QUEUE, BATCH, LEASE).await {
-                    Ok(items) => {
-                        leased += items.len();
-                        let mut batch = tokio::task::JoinSet::new();
-                        for item in items {
-                            let (me, store) = (self.clone(), store.clone());
-                            batch.spawn(async move { me.handle(&store, item).await });
-                        }
-                        while batch.join_next().await.is_some() {}
-                    }
-                    Err(e) => tracing::debug!(store = %name, error = %e, "relay queue unreachable"),
-                }
-            }
-            if leased == 0 || shutdown.is_cancelled() {
-                tokio::select! {
-                    _ = tokio::time::sleep(IDLE_POLL) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
-        }
+        let drain = store_client::Drain {
+            stores: &self.stores,
+            queue: QUEUE,
+            batch: BATCH,
+            lease: LEASE,
+            idle: IDLE_POLL,
+        };
+        drain
+            .run(shutdown, |store, item| {
+                let me = self.clone();
+                async move { me.handle(&store, item).await }
+            })
+            .await;
     }
 
     async fn trace(&self, store: &StoreClient, id: &str, action: &str, detail: &str) {

@@ -20,9 +20,11 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub mod directory;
+mod drain;
 mod endpoints;
 mod queue_admin;
 mod types;
+pub use drain::Drain;
 pub use hyper::{Method, StatusCode};
 pub use queue_admin::{Flushed, ItemState, MergedMeta};
 pub use types::*;
