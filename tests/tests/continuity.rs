@@ -167,11 +167,16 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     let topo = file.path().to_path_buf();
 
     // Before the outage.
-    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    // (subject, when its send started, when its 250 came)
+    let accepted: Arc<Mutex<Vec<(String, Instant, Instant)>>> = Arc::default();
     for i in 0..3 {
         let subject = format!("before {i}");
+        let started = Instant::now();
         fabric_send(&topo, &subject).await?;
-        accepted.lock().await.push(subject);
+        accepted
+            .lock()
+            .await
+            .push((subject, started, Instant::now()));
     }
 
     // A steady load from two remote senders, for the whole outage.
@@ -183,8 +188,12 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
             let (mut n, mut failed) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
                 let subject = format!("load {s}-{n}");
+                let started = Instant::now();
                 match fabric_send(&topo, &subject).await {
-                    Ok(_) => accepted.lock().await.push(subject),
+                    Ok(_) => accepted
+                        .lock()
+                        .await
+                        .push((subject, started, Instant::now())),
                     Err(_) => failed += 1,
                 }
                 n += 1;
@@ -196,6 +205,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Every mail server of west fails: two die, two freeze.
+    let dying = Instant::now();
     sandbox.kill("inet-mx-w1", Signal::SIGKILL)?;
     sandbox.kill("intranet-w1", Signal::SIGKILL)?;
     sandbox.kill("inet-mx-w2", Signal::SIGSTOP)?;
@@ -267,11 +277,25 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     for s in senders {
         failed_sends += s.await?;
     }
-    let accepted = accepted.lock().await.clone();
+    let sends = accepted.lock().await.clone();
     println!(
         "{} messages accepted, {failed_sends} sends refused",
-        accepted.len()
+        sends.len()
     );
+    // A send under way while the servers died may have been stored by a server that died or froze
+    // before its 250 reached the sender, who then sent it again elsewhere: SMTP's own duplicate
+    // window (RFC 1047), one new transaction the fabric cannot tell from a new message. Only those
+    // may arrive twice; everything else exactly once.
+    let in_flight: Vec<String> = sends
+        .iter()
+        .filter(|(_, started, ended)| *started <= died && *ended >= dying)
+        .map(|(s, _, _)| s.clone())
+        .collect();
+    assert!(
+        in_flight.len() <= 2,
+        "one send per sender at most: {in_flight:?}"
+    );
+    let accepted: Vec<String> = sends.into_iter().map(|(s, _, _)| s).collect();
     assert!(relay_accepted().await? >= 1.0);
 
     // Everything accepted (before and during) reaches the mailbox, and ann reads it over IMAP with
@@ -331,17 +355,28 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         },
     )
     .await?;
+    let mut twice = 0;
     for s in &all {
-        assert_eq!(counts.get(s), Some(&1), "{s} exactly once: {counts:?}");
+        let n = counts.get(s).copied().unwrap_or(0);
+        if n == 2 && in_flight.contains(s) {
+            twice += 1;
+            continue;
+        }
+        assert_eq!(n, 1, "{s} exactly once: {counts:?}");
     }
+    println!("{twice} message(s) sent again by their sender after an unanswered first attempt");
     assert_eq!(
         counts.values().sum::<usize>(),
-        all.len(),
+        all.len() + twice,
         "nothing unexpected: {counts:?}"
     );
     let through_router =
         imap_subjects(&sandbox, &addr(&sandbox, "router-iso-w1", "imap"), false).await?;
-    assert_eq!(through_router.len(), all.len(), "{through_router:?}");
+    assert_eq!(
+        through_router.len(),
+        all.len() + twice,
+        "{through_router:?}"
+    );
     let queues = common::store(&sandbox, "store-e1")
         .list_queue("relay", None)
         .await
