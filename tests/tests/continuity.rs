@@ -11,141 +11,25 @@
 //! in her mailbox exactly once.
 
 mod common;
+mod outage_common;
 
-use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use bytes::Bytes;
+use anyhow::Context;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use store_client::{Method, StoreClient};
 use testkit::Sandbox;
 use tokio::sync::Mutex;
 use topology::Topology;
+
+use outage_common::{addr, continuity_sms, get_json, imap_subjects, inbox_counts};
 
 const ANN: &str = "ann@acme.example";
 const PASSWORD: &str = "continuity secret";
 const ANN_SMS: &str = "+15550100";
 const WEST_MAIL_SERVERS: [&str; 4] = ["inet-mx-w1", "inet-mx-w2", "intranet-w1", "intranet-w2"];
-
-/// One message from a remote sender through the fabric's DNS; the fabric id on a 250.
-async fn fabric_send(topology: &std::path::Path, subject: &str) -> anyhow::Result<String> {
-    let out = tokio::process::Command::new(testkit::bin_dir().join("fabric"))
-        .arg("send")
-        .arg("--topology")
-        .arg(topology)
-        .args([
-            "--from",
-            "carol@remote.example",
-            "--to",
-            ANN,
-            "--subject",
-            subject,
-        ])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!("{subject}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    Ok(line.split('\t').next().unwrap_or("").to_string())
-}
-
-/// The subjects of ann's INBOX as the IMAP server at `addr` shows them (STARTTLS, verified).
-async fn imap_subjects(
-    sandbox: &Sandbox,
-    addr: &str,
-    check_host: bool,
-) -> anyhow::Result<Vec<String>> {
-    let v = common::python(
-        r#"
-import imaplib, json, os, ssl
-ctx = ssl.create_default_context(cafile=os.environ["CA"])
-# Through a router the certificate is still the fabric's, for the server behind it.
-ctx.check_hostname = os.environ.get("CHECK_HOST") == "1"
-host, port = os.environ["TARGET"].rsplit(":", 1)
-m = imaplib.IMAP4(host, int(port), timeout=30)
-m.starttls(ssl_context=ctx)
-m.login(os.environ["USER"], os.environ["PASSWORD"])
-typ, data = m.select("INBOX", readonly=True)
-assert typ == "OK", data
-out = []
-if int(data[0]) > 0:
-    typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-    assert typ == "OK", data
-    out = [d[1].decode().strip().removeprefix("Subject: ") for d in data if isinstance(d, tuple)]
-m.logout()
-print(json.dumps(out))
-"#,
-        &[
-            ("CA", sandbox.tls_dir().join("ca.pem").display().to_string()),
-            ("USER", ANN.to_string()),
-            ("PASSWORD", PASSWORD.to_string()),
-            ("TARGET", addr.to_string()),
-            ("CHECK_HOST", if check_host { "1" } else { "0" }.to_string()),
-        ],
-    )
-    .await?;
-    Ok(serde_json::from_value(v)?)
-}
-
-fn addr(sandbox: &Sandbox, node: &str, service: &str) -> String {
-    sandbox
-        .url(node, service)
-        .trim_start_matches("http://")
-        .to_string()
-}
-
-async fn get_json(url: String, path: &str) -> anyhow::Result<Value> {
-    let c = StoreClient::new(url).with_timeout(Duration::from_secs(5));
-    let r = c.raw(Method::GET, path, &[], Bytes::new()).await?;
-    Ok(serde_json::from_slice(&r.body)?)
-}
-
-/// The texts of the SMS ann got at the gateway (the sink), with the continuity notices' words.
-async fn continuity_sms(sandbox: &Sandbox) -> anyhow::Result<(usize, usize)> {
-    let v = get_json(sandbox.url("outside", "sms"), "/v1/sms").await?;
-    let texts: Vec<String> = v["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["to"] == ANN_SMS)
-        .filter_map(|m| m["text"].as_str().map(str::to_string))
-        .collect();
-    let start = texts
-        .iter()
-        .filter(|t| t.contains("moved to the standby system"))
-        .count();
-    let end = texts
-        .iter()
-        .filter(|t| t.contains("back on its home system"))
-        .count();
-    Ok((start, end))
-}
-
-/// Every subject in ann's INBOX, counted (straight from her home store).
-async fn inbox_counts(sandbox: &Sandbox) -> anyhow::Result<BTreeMap<String, usize>> {
-    let store = common::store(sandbox, "store-w1");
-    let listing = store.list_mailbox(ANN, "INBOX", None).await?;
-    let mut counts = BTreeMap::new();
-    for m in listing.messages {
-        let body = store.fetch(ANN, "INBOX", m.uid, None).await?;
-        let text = String::from_utf8_lossy(&body).to_string();
-        let subject = text
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .unwrap_or("")
-            .to_string();
-        *counts.entry(subject).or_insert(0) += 1;
-    }
-    Ok(counts)
-}
 
 #[tokio::test]
 async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged_back_exactly_once()
@@ -172,7 +56,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     for i in 0..3 {
         let subject = format!("before {i}");
         let started = Instant::now();
-        fabric_send(&topo, &subject).await?;
+        outage_common::fabric_send(&topo, ANN, &subject).await?;
         accepted
             .lock()
             .await
@@ -189,7 +73,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
             while !stop.load(Ordering::Relaxed) {
                 let subject = format!("load {s}-{n}");
                 let started = Instant::now();
-                match fabric_send(&topo, &subject).await {
+                match outage_common::fabric_send(&topo, ANN, &subject).await {
                     Ok(_) => accepted
                         .lock()
                         .await
@@ -266,7 +150,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     common::poll(
         "the start notice at the SMS gateway",
         Duration::from_secs(30),
-        || async { Ok((continuity_sms(&sandbox).await? == (1, 0)).then_some(())) },
+        || async { Ok((continuity_sms(&sandbox, ANN_SMS).await? == (1, 0)).then_some(())) },
     )
     .await?;
 
@@ -304,7 +188,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         "every accepted message in ann's INBOX",
         Duration::from_secs(90),
         || async {
-            let counts = inbox_counts(&sandbox).await?;
+            let counts = inbox_counts(&sandbox, "store-w1", ANN).await?;
             Ok(accepted
                 .iter()
                 .all(|s| counts.contains_key(s))
@@ -312,7 +196,13 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         },
     )
     .await?;
-    let on_standby = imap_subjects(&sandbox, &addr(&sandbox, "intranet-w1", "imap"), true).await?;
+    let on_standby = imap_subjects(
+        &sandbox,
+        &addr(&sandbox, "intranet-w1", "imap"),
+        true,
+        (ANN, PASSWORD),
+    )
+    .await?;
     for s in &accepted {
         assert!(
             on_standby.contains(s),
@@ -338,19 +228,19 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     common::poll(
         "the end notice at the SMS gateway",
         Duration::from_secs(30),
-        || async { Ok((continuity_sms(&sandbox).await? == (1, 1)).then_some(())) },
+        || async { Ok((continuity_sms(&sandbox, ANN_SMS).await? == (1, 1)).then_some(())) },
     )
     .await?;
 
     // After the fail-back: new mail flows to the originals, and every message is there exactly once.
-    fabric_send(&topo, "after the outage").await?;
+    outage_common::fabric_send(&topo, ANN, "after the outage").await?;
     let mut all = accepted.clone();
     all.push("after the outage".to_string());
     let counts = common::poll(
         "the message after fail-back",
         Duration::from_secs(60),
         || async {
-            let counts = inbox_counts(&sandbox).await?;
+            let counts = inbox_counts(&sandbox, "store-w1", ANN).await?;
             Ok(counts.contains_key("after the outage").then_some(counts))
         },
     )
@@ -370,8 +260,13 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
         all.len() + twice,
         "nothing unexpected: {counts:?}"
     );
-    let through_router =
-        imap_subjects(&sandbox, &addr(&sandbox, "router-iso-w1", "imap"), false).await?;
+    let through_router = imap_subjects(
+        &sandbox,
+        &addr(&sandbox, "router-iso-w1", "imap"),
+        false,
+        (ANN, PASSWORD),
+    )
+    .await?;
     assert_eq!(
         through_router.len(),
         all.len() + twice,

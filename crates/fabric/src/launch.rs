@@ -224,7 +224,7 @@ impl Launcher {
     /// never have standbys: nothing to ask.
     pub async fn reclaim_from_standby(&self, name: &str) -> Result<Vec<String>, LaunchError> {
         let node = self.node(name)?;
-        if !matches!(node.role(), Role::InetMx | Role::Intranet) {
+        if !node.role().has_standby() {
             return Ok(Vec::new());
         }
         let retire_timeout = self.topology.timing.shutdown_deadline + Duration::from_secs(5);

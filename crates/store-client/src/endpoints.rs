@@ -16,8 +16,8 @@ use tokio::io::AsyncWriteExt;
 
 use crate::types::LeasedWire;
 use crate::{
-    Appended, ClientError, Enqueued, Leased, MailboxListing, QueueItem, RawResponse, StoreClient,
-    Written, check, error_chain, origin_param, segment, written,
+    Appended, ClientError, Enqueued, Leased, MailboxListing, QueueItem, RawResponse,
+    ReplicaPosition, StoreClient, Written, check, error_chain, origin_param, segment, written,
 };
 
 impl StoreClient {
@@ -447,19 +447,18 @@ impl StoreClient {
 
     /// The last batch of `origin` this store holds a copy of.
     pub async fn replica_status(&self, origin: &str) -> Result<u64, ClientError> {
-        #[derive(Deserialize)]
-        struct S {
-            lsn: u64,
-        }
-        let s: S = self
-            .json(
-                Method::GET,
-                &format!("/v1/replica/{}/status", segment(origin)),
-                &[],
-                Bytes::new(),
-            )
-            .await?;
-        Ok(s.lsn)
+        Ok(self.replica_position(origin).await?.lsn)
+    }
+
+    /// How far this store's copy of `origin` reaches, and at which epoch of `origin`.
+    pub async fn replica_position(&self, origin: &str) -> Result<ReplicaPosition, ClientError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/replica/{}/status", segment(origin)),
+            &[],
+            Bytes::new(),
+        )
+        .await
     }
 
     /// Ships encoded batches to a mirror; answers the mirror's LSN after it applied them.

@@ -82,3 +82,16 @@ pub struct MessageInfo {
     pub size: i64,
     pub internal_date_ms: i64,
 }
+
+/// How far a store's copy of another store reaches (`GET /v1/replica/{origin}/status`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct ReplicaPosition {
+    /// The last batch of the origin the copy holds.
+    pub lsn: u64,
+    /// The origin's epoch as of that batch: a rebuilt or standby store begins a new one.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The first LSN of `epoch`.
+    #[serde(default)]
+    pub epoch_start: u64,
+}

@@ -21,6 +21,10 @@ pub enum StoreError {
     Held(String),
     #[error("batch {first} would leave a gap: this copy ends at {have}")]
     LsnGap { first: u64, have: u64 },
+    /// A shipment or copy from an older epoch of its origin: a standby (or a rejoined store) has
+    /// continued that store's history since, so this writer must rejoin before it ships again.
+    #[error("superseded: this copy is at epoch {have}, the sender at epoch {epoch}")]
+    Superseded { epoch: u64, have: u64 },
     #[error("body of {size} bytes is over the limit of {limit} bytes")]
     TooLarge { size: u64, limit: u64 },
     #[error("storage is full; retry later")]
@@ -43,6 +47,7 @@ impl StoreError {
             StoreError::LeaseMismatch(_) => "lease_mismatch",
             StoreError::Held(_) => "held",
             StoreError::LsnGap { .. } => "lsn_gap",
+            StoreError::Superseded { .. } => "superseded",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::StorageFull => "storage_full",
             StoreError::Unavailable(_) => "unavailable",
@@ -79,9 +84,10 @@ impl StoreError {
             StoreError::NotFound(_) | StoreError::NoSuchItem(_) | StoreError::NoReplica(_) => {
                 StatusCode::NOT_FOUND
             }
-            StoreError::LeaseMismatch(_) | StoreError::Held(_) | StoreError::LsnGap { .. } => {
-                StatusCode::CONFLICT
-            }
+            StoreError::LeaseMismatch(_)
+            | StoreError::Held(_)
+            | StoreError::LsnGap { .. }
+            | StoreError::Superseded { .. } => StatusCode::CONFLICT,
             StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -126,6 +132,9 @@ impl IntoResponse for StoreError {
         let mut body = json!({"error": self.code(), "message": self.to_string()});
         if let StoreError::LsnGap { have, .. } = &self {
             body["have"] = json!(have);
+        }
+        if let StoreError::Superseded { have, .. } = &self {
+            body["epoch"] = json!(have);
         }
         let mut resp = (status, axum::Json(body)).into_response();
         if matches!(self, StoreError::StorageFull | StoreError::Unavailable(_)) {

@@ -14,16 +14,20 @@
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
 //! - `replicas`: the copies this store holds for other stores.
 //! - `rebuild`: refilling a store that lost its disk from its mirror.
+//! - `epoch`: which writer continues a store's history; `rejoin`: a store that comes back after a
+//!   standby continued it takes the newer copy and merges back what only it had.
 //! - `api`: the HTTP handlers, one module per namespace.
 //!
 //! The store knows nothing of SMTP, IMAP or mail parsing: bodies are bytes.
 
 mod api;
 mod db;
+mod epoch;
 mod error;
 mod ops;
 mod queue_admin;
 mod rebuild;
+mod rejoin;
 mod replicas;
 mod replication;
 mod requests;
@@ -198,6 +202,8 @@ pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> a
     // that mirror each other can both start.
     if fresh && repl.has_mirrors() {
         rebuild::recover_if_lost(&store).await?;
+    } else if repl.has_mirrors() {
+        rejoin::rejoin_if_superseded(&store).await?;
     }
     repl.start(shutdown.clone());
     spawn_pruner(store.clone());

@@ -118,6 +118,19 @@ pub enum PhysOp {
         id: i64,
         meta: Option<String>,
     },
+    // Epochs and merges (see `epoch`).
+    /// A value of the `meta` table that belongs to the store's history (its epoch, and the LSN the
+    /// epoch began at), so mirrors and snapshots carry it.
+    MetaSet {
+        key: String,
+        value: i64,
+    },
+    /// A mailbox's UIDVALIDITY changes: a merge could not keep its UIDs (RFC 3501 2.3.1.1).
+    MailboxUidValidity {
+        user: String,
+        folder: String,
+        uidvalidity: i64,
+    },
 }
 
 /// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
@@ -238,6 +251,15 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
             visible_at_ms,
         } => db::exec(conn, "UPDATE queue_items SET visible_at_ms = ? WHERE queue = ? AND id = ?", params![visible_at_ms, queue, id])?,
         PhysOp::QueueMeta { queue, id, meta } => db::exec(conn, "UPDATE queue_items SET meta = ? WHERE queue = ? AND id = ?", params![meta, queue, id])?,
+        PhysOp::MetaSet { key, value } => {
+            db::meta_set_sync(conn, key, *value)?;
+            1
+        }
+        PhysOp::MailboxUidValidity {
+            user,
+            folder,
+            uidvalidity,
+        } => db::exec(conn, "UPDATE mailboxes SET uidvalidity = ? WHERE user = ? AND folder = ?", params![uidvalidity, user, folder])?,
     };
     Ok(rows)
 }
@@ -275,6 +297,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<PhysOp>, StoreError> {
 /// What a store ships to a mirror in one request: consecutive batches, each with its sequence number.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Shipment {
+    /// The origin's epoch when it shipped: a copy at a newer epoch refuses it (`Superseded`).
+    pub epoch: u64,
     pub batches: Vec<(u64, bytes::Bytes)>,
 }
 

@@ -18,6 +18,7 @@ use serde_json::json;
 
 use crate::api::{Params, query};
 use crate::error::StoreError;
+use crate::requests::{Reply, Request};
 use crate::{Store, db};
 
 pub fn admin_routes(store: Arc<Store>) -> Router {
@@ -31,7 +32,7 @@ async fn rebuild_handler(
     q: Result<Query<Params>, QueryRejection>,
 ) -> Result<Response, StoreError> {
     let q = query(q)?;
-    let (from, lsn) = rebuild(&store, q.get("from").cloned()).await?;
+    let (from, lsn) = rebuild(&store, q.get("from").cloned(), true).await?;
     Ok(
         axum::Json(json!({"store": store.ctx.node.name, "rebuilt_from": from, "lsn": lsn}))
             .into_response(),
@@ -44,20 +45,20 @@ pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
     let me = store.ctx.node.name.clone();
     let mut attempts = 0u64;
     loop {
-        let mut best: Option<(String, u64)> = None;
+        let mut best: Option<(String, (u64, u64))> = None;
         let mut missing = Vec::new();
         for link in store.repl.links() {
-            match link.client().replica_status(&me).await {
-                Ok(lsn) if lsn > best.as_ref().map(|b| b.1).unwrap_or(0) => {
-                    best = Some((link.name.clone(), lsn));
+            match link.client().replica_position(&me).await {
+                Ok(at) if at.lsn > 0 && best.as_ref().is_none_or(|b| (at.epoch, at.lsn) > b.1) => {
+                    best = Some((link.name.clone(), (at.epoch, at.lsn)));
                 }
                 Ok(_) => {}
                 Err(e) => missing.push(format!("{}: {e}", link.name)),
             }
         }
-        if let Some((from, lsn)) = best {
-            tracing::warn!(from = %from, mirror_lsn = lsn, "empty disk but a mirror holds this store's data: rebuilding before serving");
-            rebuild(store, Some(from)).await?;
+        if let Some((from, (epoch, lsn))) = best {
+            tracing::warn!(from = %from, mirror_lsn = lsn, mirror_epoch = epoch, "empty disk but a mirror holds this store's data: rebuilding before serving");
+            rebuild(store, Some(from), false).await?;
             return Ok(());
         }
         if missing.is_empty() {
@@ -73,17 +74,20 @@ pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
     }
 }
 
-/// Replaces this store's data with the newest copy held by its mirrors (or by `from`).
+/// Replaces this store's data with the newest copy held by its mirrors (or by `from`), and begins a
+/// new epoch (see `epoch`). With `settle`, writes this store already accepted first reach the mirrors
+/// (a running store; at start-up nothing ships yet).
 pub async fn rebuild(
     store: &Arc<Store>,
     from: Option<String>,
+    settle: bool,
 ) -> Result<(String, u64), StoreError> {
     if store.rebuilding.swap(true, Ordering::SeqCst) {
         return Err(StoreError::Unavailable(
             "a rebuild is already running".into(),
         ));
     }
-    let result = run(store, from).await;
+    let result = run(store, from, settle).await;
     store.rebuilding.store(false, Ordering::SeqCst);
     match &result {
         Ok((from, lsn)) => {
@@ -95,22 +99,28 @@ pub async fn rebuild(
     result
 }
 
-async fn run(store: &Arc<Store>, from: Option<String>) -> Result<(String, u64), StoreError> {
+async fn run(
+    store: &Arc<Store>,
+    from: Option<String>,
+    settle: bool,
+) -> Result<(String, u64), StoreError> {
     let me = store.ctx.node.name.clone();
-    // Let writes already accepted reach the mirrors, so the copy we take includes them.
-    let local = store.writer.barrier().await?;
-    let _ = store
-        .repl
-        .wait_durable(local, store.config.mirror_timeout * 2)
-        .await;
-    let mut best: Option<(String, u64)> = None;
+    if settle {
+        // Let writes already accepted reach the mirrors, so the copy we take includes them.
+        let local = store.writer.barrier().await?;
+        let _ = store
+            .repl
+            .wait_durable(local, store.config.mirror_timeout * 2)
+            .await;
+    }
+    let mut best: Option<(String, (u64, u64))> = None;
     for link in store.repl.links() {
         if from.as_deref().is_some_and(|f| f != link.name) {
             continue;
         }
-        match link.client().replica_status(&me).await {
-            Ok(lsn) if best.as_ref().is_none_or(|b| lsn > b.1) => {
-                best = Some((link.name.clone(), lsn))
+        match link.client().replica_position(&me).await {
+            Ok(at) if best.as_ref().is_none_or(|b| (at.epoch, at.lsn) > b.1) => {
+                best = Some((link.name.clone(), (at.epoch, at.lsn)))
             }
             Ok(_) => {}
             Err(e) => {
@@ -118,7 +128,7 @@ async fn run(store: &Arc<Store>, from: Option<String>) -> Result<(String, u64), 
             }
         }
     }
-    let (source, _) = best.ok_or_else(|| match &from {
+    let (source, (source_epoch, _)) = best.ok_or_else(|| match &from {
         Some(f) => {
             StoreError::Unavailable(format!("{f:?} is not a reachable mirror of this store"))
         }
@@ -141,6 +151,16 @@ async fn run(store: &Arc<Store>, from: Option<String>) -> Result<(String, u64), 
     let installed = store.writer.install(file.clone()).await;
     let _ = std::fs::remove_file(&file);
     store.set_readers(db::open_readers(&store.db_path).await?);
-    let lsn = installed?;
+    installed?;
+    // What follows is a history of its own: a new epoch, so the old writer's copies cannot mix in.
+    let (lsn, reply) = store
+        .writer
+        .write(Request::BeginEpoch {
+            above: source_epoch,
+        })
+        .await?;
+    if let Reply::Seq(epoch) = reply {
+        tracing::info!(from = %source, epoch, epoch_start = lsn, "a new epoch of this store begins");
+    }
     Ok((source, lsn))
 }

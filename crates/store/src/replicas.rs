@@ -17,6 +17,17 @@ use crate::ops::{self, Shipment};
 struct ReplicaWriter {
     conn: Connection,
     lsn: u64,
+    /// The origin's epoch as of `lsn` (see `epoch`).
+    epoch: u64,
+}
+
+/// How far a copy reaches: what `GET /v1/replica/{origin}/status` answers.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Position {
+    pub lsn: u64,
+    pub epoch: u64,
+    /// The first LSN of `epoch` (0 for the first epoch).
+    pub epoch_start: u64,
 }
 
 pub struct Replica {
@@ -36,7 +47,8 @@ fn blocking_failed(e: tokio::task::JoinError) -> StoreError {
 fn open_replica_writer(path: &Path) -> Result<ReplicaWriter, StoreError> {
     let conn = db::open_writer_sync(path, None)?;
     let lsn = db::meta_get_sync(&conn, "lsn")?.max(0) as u64;
-    Ok(ReplicaWriter { conn, lsn })
+    let epoch = db::meta_get_sync(&conn, crate::epoch::EPOCH)?.max(0) as u64;
+    Ok(ReplicaWriter { conn, lsn, epoch })
 }
 
 impl Replica {
@@ -67,8 +79,13 @@ impl Replica {
             .clone()
     }
 
-    pub async fn lsn(&self) -> u64 {
-        self.writer.lock().await.lsn
+    pub async fn position(&self) -> Result<Position, StoreError> {
+        let w = self.writer.lock().await;
+        Ok(Position {
+            lsn: w.lsn,
+            epoch: w.epoch,
+            epoch_start: db::meta_get_sync(&w.conn, crate::epoch::EPOCH_START)?.max(0) as u64,
+        })
     }
 
     /// Applies a shipment; batches already held are skipped, a gap is refused.
@@ -99,9 +116,18 @@ impl Replica {
         self.readers().close().await;
         let (path, file) = (self.path.clone(), file.to_path_buf());
         let (lsn, installed) = tokio::task::spawn_blocking(move || {
+            // A copy from an older epoch than the one held would undo a standby's history.
+            let offered = crate::epoch::epoch_of_file(&file)?;
+            if offered < guard.epoch {
+                return Err(StoreError::Superseded {
+                    epoch: offered,
+                    have: guard.epoch,
+                });
+            }
             let placeholder = ReplicaWriter {
                 conn: Connection::open_in_memory()?,
                 lsn: 0,
+                epoch: 0,
             };
             let old = std::mem::replace(&mut *guard, placeholder);
             old.conn.close().map_err(|(_, e)| e)?;
@@ -128,8 +154,15 @@ impl Replica {
 
 /// One transaction, one fsync, for every new batch of the shipment.
 fn apply_shipment(w: &mut ReplicaWriter, shipment: &Shipment) -> Result<(u64, u64), StoreError> {
+    if shipment.epoch < w.epoch {
+        return Err(StoreError::Superseded {
+            epoch: shipment.epoch,
+            have: w.epoch,
+        });
+    }
     let tx = w.conn.transaction()?;
     let mut next = w.lsn;
+    let mut epoch = w.epoch;
     let mut applied = 0u64;
     for (batch_lsn, bytes) in &shipment.batches {
         if *batch_lsn <= next {
@@ -143,6 +176,9 @@ fn apply_shipment(w: &mut ReplicaWriter, shipment: &Shipment) -> Result<(u64, u6
         }
         for op in ops::decode_batch(bytes)? {
             ops::apply(&tx, &op)?;
+            if let Some(e) = crate::epoch::epoch_set_by(&op) {
+                epoch = e;
+            }
             applied += 1;
         }
         next = *batch_lsn;
@@ -152,6 +188,7 @@ fn apply_shipment(w: &mut ReplicaWriter, shipment: &Shipment) -> Result<(u64, u6
     }
     tx.commit()?;
     w.lsn = next;
+    w.epoch = epoch;
     Ok((next, applied))
 }
 

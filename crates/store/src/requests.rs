@@ -90,6 +90,15 @@ pub enum Request {
     },
     /// An operator's hold, release, flush or metadata change (`queue_admin`).
     QueueAdmin(AdminRequest),
+    /// A new epoch after a rebuild, above `above` (the copy's epoch): see `epoch`.
+    BeginEpoch {
+        above: u64,
+    },
+    /// A new UIDVALIDITY for a folder a merge could not keep UIDs in.
+    NewUidValidity {
+        user: String,
+        folder: String,
+    },
 }
 
 impl Request {
@@ -490,6 +499,10 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             Ok(Reply::Done { changed: true })
         }
         Request::QueueAdmin(admin) => queue_admin::execute(ctx, admin),
+        Request::BeginEpoch { above } => crate::epoch::begin(ctx, *above),
+        Request::NewUidValidity { user, folder } => {
+            crate::epoch::new_uidvalidity(ctx, user, folder)
+        }
     }
 }
 

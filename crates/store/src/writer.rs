@@ -112,6 +112,7 @@ impl Writer {
         tokio::task::spawn_blocking(move || {
             let conn = db::open_writer_sync(&path, quota)?;
             let counters = load_counters(&conn)?;
+            repl.set_epoch(db::meta_get_sync(&conn, crate::epoch::EPOCH)?.max(0) as u64);
             Ok(Writer {
                 conn,
                 path,
@@ -289,6 +290,9 @@ impl Writer {
             Some(encoded)
         };
         tx.commit()?;
+        if let Some(epoch) = phys.iter().filter_map(crate::epoch::epoch_set_by).last() {
+            self.repl.set_epoch(epoch);
+        }
         if let Some(encoded) = encoded {
             self.repl.publish(self.counters.lsn, encoded.into());
         }
@@ -308,6 +312,8 @@ impl Writer {
         // A mirror's copy carries no replication log of ours worth keeping: start afresh.
         db::exec(&conn, "DELETE FROM replog", [])?;
         self.counters = load_counters(&conn)?;
+        self.repl
+            .set_epoch(db::meta_get_sync(&conn, crate::epoch::EPOCH)?.max(0) as u64);
         self.conn = conn;
         self.repl.reset(self.counters.lsn);
         installed?;

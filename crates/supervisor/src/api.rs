@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde::Deserialize;
 use serde_json::json;
-use topology::{Node, Role, Topology};
+use topology::{Node, Topology};
 
 use crate::standby::{Manager, Request};
 
@@ -101,9 +101,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The mail servers a request names, or the 400/404 to answer.
-fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Node>, ApiError> {
-    let is_mail_server = |n: &Node| matches!(n.role(), Role::InetMx | Role::Intranet);
+/// The nodes a request names, in phases to start one after the other, or the 400/404 to answer.
+fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Vec<Node>>, ApiError> {
     match (&request.node, &request.site) {
         (Some(name), None) => {
             let node = topology.node(name).ok_or_else(|| {
@@ -113,17 +112,17 @@ fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Node>, A
                     &format!("no node named {name:?} in the topology"),
                 )
             })?;
-            if !is_mail_server(node) {
+            if !node.role().has_standby() {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
-                    "not_a_mail_server",
+                    "no_standby_for_role",
                     &format!(
-                        "{name} is a {} node; only inet-mx and intranet servers get standbys",
+                        "{name} is a {} node; standbys exist for stores, transfer, inet-mx, intranet, redirectors and routers",
                         node.role
                     ),
                 ));
             }
-            Ok(vec![node.clone()])
+            Ok(vec![vec![node.clone()]])
         }
         (None, Some(site)) => {
             if !topology.sites.iter().any(|s| &s.name == site) {
@@ -133,7 +132,11 @@ fn targets(topology: &Topology, request: &StandbyRequest) -> Result<Vec<Node>, A
                     &format!("no site named {site:?} in the topology"),
                 ));
             }
-            Ok(topology.mail_servers(site).into_iter().cloned().collect())
+            Ok(topology
+                .standby_phases(site)
+                .into_iter()
+                .map(|phase| phase.into_iter().cloned().collect())
+                .collect())
         }
         _ => Err(error(
             StatusCode::BAD_REQUEST,
@@ -150,8 +153,8 @@ async fn invoke(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: B
             return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()).into_response();
         }
     };
-    let nodes = match targets(manager.topology(), &request) {
-        Ok(nodes) => nodes,
+    let phases = match targets(manager.topology(), &request) {
+        Ok(phases) => phases,
         Err(e) => return e.into_response(),
     };
     if request.force
@@ -167,22 +170,29 @@ async fn invoke(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: B
         reason: request.reason,
         requested_by: request.requested_by,
     };
-    // Each node in a task of its own: the nodes come up in parallel, and a client that hangs up
-    // does not abandon a standby half started.
-    let tasks: Vec<_> = nodes
-        .into_iter()
-        .map(|node| {
-            let (manager, ask) = (manager.clone(), ask.clone());
-            tokio::spawn(async move { manager.invoke(&node, &ask).await })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        match task.await {
-            Ok(outcome) => outcomes.push(json!(outcome)),
-            Err(e) => outcomes.push(json!({"state": "failed", "error": e.to_string()})),
+    // One task for all the phases: a client that hangs up does not abandon a site half started.
+    // Within a phase the nodes come up in parallel; a phase starts once the one before is settled
+    // (a standby store has rebuilt before the mail servers that use it start).
+    let work = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for phase in phases {
+            let tasks: Vec<_> = phase
+                .into_iter()
+                .map(|node| {
+                    let (manager, ask) = (manager.clone(), ask.clone());
+                    tokio::spawn(async move { manager.invoke(&node, &ask).await })
+                })
+                .collect();
+            for task in tasks {
+                match task.await {
+                    Ok(outcome) => outcomes.push(json!(outcome)),
+                    Err(e) => outcomes.push(json!({"state": "failed", "error": e.to_string()})),
+                }
+            }
         }
-    }
+        outcomes
+    });
+    let outcomes = work.await.unwrap_or_default();
     axum::Json(json!({"nodes": outcomes})).into_response()
 }
 
@@ -229,34 +239,64 @@ mod tests {
     }
 
     #[test]
-    fn only_mail_servers_are_targets() {
+    fn site_targets_come_in_phases_and_only_serving_roles_get_standbys() {
         let file =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topology/two-site.toml");
         let t = Topology::load(&file).unwrap_or_else(|e| panic!("{e}"));
-        let names = |r: Result<Vec<Node>, ApiError>| {
-            r.map(|nodes| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>())
-                .map_err(|e| e.status)
+        let names = |r: Result<Vec<Vec<Node>>, ApiError>| {
+            r.map(|phases| {
+                phases
+                    .into_iter()
+                    .map(|p| p.into_iter().map(|n| n.name).collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| e.status)
         };
+        let west = names(targets(&t, &request(None, Some("west")))).expect("west has targets");
         assert_eq!(
-            names(targets(&t, &request(None, Some("west")))),
-            Ok(vec![
-                "inet-mx-w1".to_string(),
-                "inet-mx-w2".to_string(),
-                "intranet-w1".to_string(),
-                "intranet-w2".to_string()
-            ])
+            west[0],
+            vec!["store-w1".to_string(), "store-w2".to_string()]
+        );
+        for server in [
+            "transfer-w1",
+            "inet-mx-w1",
+            "inet-mx-w2",
+            "intranet-w1",
+            "intranet-w2",
+        ] {
+            assert!(
+                west[1].contains(&server.to_string()),
+                "{server} in {west:?}"
+            );
+        }
+        assert!(
+            west[2].iter().all(|n| n.starts_with("redirector-")),
+            "{west:?}"
+        );
+        assert!(west[3].iter().all(|n| n.starts_with("router-")), "{west:?}");
+        let everyone: Vec<&String> = west.iter().flatten().collect();
+        assert!(
+            everyone.iter().all(|n| !n.starts_with("dns")
+                && !n.starts_with("relay")
+                && !n.starts_with("supervisor")
+                && t.node(n).is_some_and(|node| node.site == "west")),
+            "{everyone:?}"
         );
         assert_eq!(
             names(targets(&t, &request(Some("intranet-e1"), None))),
-            Ok(vec!["intranet-e1".to_string()])
+            Ok(vec![vec!["intranet-e1".to_string()]])
         );
-        let refused = |r: Result<Vec<Node>, ApiError>| r.err().map(|e| e.status);
         assert_eq!(
-            refused(targets(&t, &request(Some("store-w1"), None))),
+            names(targets(&t, &request(Some("store-w1"), None))),
+            Ok(vec![vec!["store-w1".to_string()]])
+        );
+        let refused = |r: Result<Vec<Vec<Node>>, ApiError>| r.err().map(|e| e.status);
+        assert_eq!(
+            refused(targets(&t, &request(Some("supervisor-e"), None))),
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(
-            refused(targets(&t, &request(Some("supervisor-e"), None))),
+            refused(targets(&t, &request(Some("relay-e1"), None))),
             Some(StatusCode::BAD_REQUEST)
         );
         assert_eq!(

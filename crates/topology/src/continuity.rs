@@ -5,6 +5,24 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::model::{Domain, Node, Role, Topology};
 
+/// The roles a supervisor stands in for, in the order a dead site comes back: its stores first (a
+/// standby store rebuilds from the other site's copy of it and begins a new epoch), then what works
+/// over them (transfer, the mail servers), then the access path in front (redirectors, routers). DNS,
+/// relays and supervisors get no standby: the other site's serve meanwhile.
+pub const STANDBY_PHASES: [&[Role]; 4] = [
+    &[Role::Store],
+    &[Role::Transfer, Role::InetMx, Role::Intranet],
+    &[Role::Redirector],
+    &[Role::Router],
+];
+
+impl Role {
+    /// Whether a supervisor can stand in for a node of this role.
+    pub fn has_standby(self) -> bool {
+        STANDBY_PHASES.iter().any(|phase| phase.contains(&self))
+    }
+}
+
 impl Topology {
     /// The relay servers of `site`: the secondary MX for every domain whose home is another site.
     pub fn relays(&self, site: &str) -> Vec<&Node> {
@@ -40,7 +58,22 @@ impl Topology {
             .collect()
     }
 
-    /// The mail servers a standby can stand in for at `site` (Internet and intranet mail servers).
+    /// The nodes of `site` a supervisor can stand in for, in phases to start one after the other
+    /// (see [`STANDBY_PHASES`]); empty phases left out.
+    pub fn standby_phases(&self, site: &str) -> Vec<Vec<&Node>> {
+        STANDBY_PHASES
+            .iter()
+            .map(|roles| {
+                self.nodes
+                    .iter()
+                    .filter(|n| n.site == site && roles.contains(&n.role()))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|phase| !phase.is_empty())
+            .collect()
+    }
+
+    /// The Internet and intranet mail servers of `site`.
     pub fn mail_servers(&self, site: &str) -> Vec<&Node> {
         self.nodes
             .iter()

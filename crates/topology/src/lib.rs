@@ -15,6 +15,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use continuity::STANDBY_PHASES;
 pub use edge::{Acl, Edge, served_by};
 pub use model::{
     Domain, FabricInfo, Limits, Mirror, Node, Role, Site, Timing, Topology, Zone, ZoneKind,

@@ -15,13 +15,13 @@ use serde_json::{Value, json};
 use store_client::{Method, StoreClient};
 use topology::{Node, Role, Topology};
 
-/// What to fail over or back: one mail server or every mail server of a site.
+/// What to fail over or back: one node or every node of a site that has standbys.
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The mail server (inet-mx or intranet node).
+    /// The node (a store, transfer, inet-mx, intranet, redirector or router).
     #[arg(required_unless_present = "site", conflicts_with = "site")]
     pub node: Option<String>,
-    /// Every mail server of this site instead.
+    /// Every such node of this site instead.
     #[arg(long)]
     pub site: Option<String>,
     /// The operator token (`fabric.operator_token` of the topology).
@@ -47,26 +47,30 @@ fn load(target: &Target, data_dir: &Path) -> anyhow::Result<Topology> {
     Topology::load(&file).with_context(|| format!("loading {}", file.display()))
 }
 
-/// The site to fail over or back, and the mail servers concerned.
-fn scope<'t>(topology: &'t Topology, target: &Target) -> anyhow::Result<(String, Vec<&'t Node>)> {
+/// The site to fail over or back, and the nodes concerned in the order they come back (stores first,
+/// see `Topology::standby_phases`).
+fn scope<'t>(
+    topology: &'t Topology,
+    target: &Target,
+) -> anyhow::Result<(String, Vec<Vec<&'t Node>>)> {
     match (&target.node, &target.site) {
         (Some(name), _) => {
             let node = topology
                 .node(name)
                 .with_context(|| format!("no node named {name:?} in the topology"))?;
-            if !matches!(node.role(), Role::InetMx | Role::Intranet) {
+            if !node.role().has_standby() {
                 bail!(
-                    "{name} is a {} node; only inet-mx and intranet servers have standbys",
+                    "{name} is a {} node; standbys exist for stores, transfer, inet-mx, intranet, redirectors and routers",
                     node.role
                 );
             }
-            Ok((node.site.clone(), vec![node]))
+            Ok((node.site.clone(), vec![vec![node]]))
         }
         (None, Some(site)) => {
             if !topology.sites.iter().any(|s| &s.name == site) {
                 bail!("no site named {site:?} in the topology");
             }
-            Ok((site.clone(), topology.mail_servers(site)))
+            Ok((site.clone(), topology.standby_phases(site)))
         }
         (None, None) => bail!("give a NODE or --site SITE"),
     }
@@ -178,52 +182,66 @@ pub async fn failback(
     ready_timeout: u64,
 ) -> anyhow::Result<()> {
     let topology = load(target, data_dir)?;
-    let (site, nodes) = scope(&topology, target)?;
+    let (site, phases) = scope(&topology, target)?;
     if restart {
         // Checked first: nothing is retired unless the originals can be started here.
         fabric::FabricState::read(data_dir)
             .context("--restart starts the originals through a fabric started with `fabric up`")?;
     }
-    let wanted: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-    let mut retired = Vec::new();
-    let mut errors = Vec::new();
+    // Who serves what, asked once.
+    let mut serving: Vec<(&Node, String)> = Vec::new();
     for supervisor in topology.nodes_with_role(Role::Supervisor) {
-        let client = client(supervisor)?;
-        let Ok(resp) = client
+        let Ok(resp) = client(supervisor)?
             .raw(Method::GET, "/v1/standby", &[], Bytes::new())
             .await
         else {
             continue;
         };
         let list: Value = serde_json::from_slice(&resp.body).unwrap_or(Value::Null);
-        let serving: Vec<String> = list["standbys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s["node"].as_str())
-            .filter(|n| wanted.contains(n))
-            .map(str::to_string)
-            .collect();
-        for node in serving {
-            let resp = client
-                .raw(
-                    Method::DELETE,
-                    &format!("/v1/standby/{node}"),
-                    &auth(target),
-                    Bytes::new(),
-                )
-                .await
-                .with_context(|| format!("asking {} to retire {node}", supervisor.name))?;
-            if resp.status.is_success() {
-                println!("{node}: {} retired its standby", supervisor.name);
-                retired.push(node);
-            } else {
-                errors.push(refusal(&supervisor.name, resp.status.as_u16(), &resp.body));
+        for node in list["standbys"].as_array().into_iter().flatten() {
+            if let Some(name) = node["node"].as_str() {
+                serving.push((supervisor, name.to_string()));
             }
         }
     }
-    if !errors.is_empty() {
-        bail!(errors.join("\n"));
+    // Phase by phase (stores first): a phase's standbys retire and, with --restart, its originals
+    // start (a store rejoins: it takes the standby's history) before the next phase's retire.
+    let mut retired = Vec::new();
+    for phase in phases {
+        let mut this_phase = Vec::new();
+        let mut errors = Vec::new();
+        for node in phase {
+            for (supervisor, _) in serving.iter().filter(|(_, n)| n == &node.name) {
+                let resp = client(supervisor)?
+                    .raw(
+                        Method::DELETE,
+                        &format!("/v1/standby/{}", node.name),
+                        &auth(target),
+                        Bytes::new(),
+                    )
+                    .await
+                    .with_context(|| {
+                        format!("asking {} to retire {}", supervisor.name, node.name)
+                    })?;
+                if resp.status.is_success() {
+                    println!("{}: {} retired its standby", node.name, supervisor.name);
+                    this_phase.push(node.name.clone());
+                } else {
+                    errors.push(refusal(&supervisor.name, resp.status.as_u16(), &resp.body));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            bail!(errors.join("\n"));
+        }
+        for node in &this_phase {
+            if restart {
+                super::control::start(data_dir, node, ready_timeout).await?;
+            } else {
+                println!("{node} has no server now: start the original with `fabric start {node}`");
+            }
+        }
+        retired.extend(this_phase);
     }
     if retired.is_empty() {
         bail!(
@@ -232,12 +250,5 @@ pub async fn failback(
         );
     }
     println!("users of {site} who asked for notifications are told the service is back home");
-    for node in &retired {
-        if restart {
-            super::control::start(data_dir, node, ready_timeout).await?;
-        } else {
-            println!("{node} has no server now: start the original with `fabric start {node}`");
-        }
-    }
     Ok(())
 }

@@ -34,7 +34,11 @@ pub async fn status(
 ) -> Result<Response, StoreError> {
     let origin = path(p)?;
     let replica = store.replicas.get(&origin)?;
-    Ok(axum::Json(json!({"origin": origin, "lsn": replica.lsn().await})).into_response())
+    let at = replica.position().await?;
+    Ok(axum::Json(
+        json!({"origin": origin, "lsn": at.lsn, "epoch": at.epoch, "epoch_start": at.epoch_start}),
+    )
+    .into_response())
 }
 
 /// Streams a consistent copy of the replica of `origin`.

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,9 @@ pub struct Replication {
     readers: RwLock<Option<SqlitePool>>,
     data_dir: PathBuf,
     degraded_since: Mutex<Option<Instant>>,
+    /// This store's epoch (see `epoch`): shipped with every batch so a newer copy refuses an older
+    /// writer.
+    epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +155,7 @@ impl Replication {
             readers: RwLock::new(None),
             data_dir,
             degraded_since: Mutex::new(None),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -404,6 +409,25 @@ impl Replication {
                     };
                     self.set_state(&link, Some(have), status, None);
                 }
+                Err(ClientError::Status { status, body, .. })
+                    if status.as_u16() == 409 && body["error"] == "superseded" =>
+                {
+                    let theirs = body["epoch"].as_u64().unwrap_or(0);
+                    metrics::counter!("fabric_store_superseded_total", "mirror" => link.name.clone())
+                        .increment(1);
+                    tracing::error!(mirror = %link.name, epoch = self.epoch(), mirror_epoch = theirs,
+                        "superseded: the mirror's copy of this store is at a newer epoch (a standby continued it); this store must rejoin (restart it, or fabric store rebuild) and writes are not durable until then");
+                    self.set_state(
+                        &link,
+                        None,
+                        LinkStatus::Down,
+                        Some(format!("superseded by epoch {theirs}")),
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
                 Err(ClientError::Status { status, body, .. }) if status.as_u16() == 409 => {
                     let have = body["have"].as_u64().unwrap_or(0);
                     tracing::info!(mirror = %link.name, have, "mirror asked to resume from its own position");
@@ -439,7 +463,10 @@ impl Replication {
 
     async fn send(&self, link: &Link, batches: Vec<(u64, Bytes)>) -> Result<u64, ClientError> {
         let count = batches.len();
-        let shipment = Shipment { batches };
+        let shipment = Shipment {
+            epoch: self.epoch(),
+            batches,
+        };
         let bytes = postcard::to_stdvec(&shipment).map_err(|e| ClientError::Decode {
             url: link.client.base().to_string(),
             message: e.to_string(),
@@ -516,6 +543,15 @@ impl Replication {
 
     pub fn links(&self) -> &[Arc<Link>] {
         &self.links
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        metrics::gauge!("fabric_store_epoch").set(epoch as f64);
     }
 }
 
