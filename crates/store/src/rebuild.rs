@@ -40,7 +40,8 @@ async fn rebuild_handler(
 }
 
 /// At start-up on an empty disk: waits until every mirror has said what it holds of this store, and
-/// rebuilds from the newest copy if there is one.
+/// rebuilds from the newest copy if there is one. A standby store that finds no copy still begins a
+/// new epoch: what it writes is a history the original's own must not be mistaken for.
 pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
     let me = store.ctx.node.name.clone();
     let mut attempts = 0u64;
@@ -62,6 +63,13 @@ pub async fn recover_if_lost(store: &Arc<Store>) -> anyhow::Result<()> {
             return Ok(());
         }
         if missing.is_empty() {
+            if node_runtime::logging::standby_by().is_some() {
+                store.writer.write(Request::BeginEpoch { above: 0 }).await?;
+                tracing::info!(
+                    epoch = store.repl.epoch(),
+                    "standby on an empty copy: a new epoch of this store begins"
+                );
+            }
             return Ok(());
         }
         if attempts.is_multiple_of(20) {
