@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The item is held by an operator: release it first.
     #[error("{0}")]
     Held(String),
+    /// A compare-and-set lost (a mailbox home's epoch moved on meanwhile).
+    #[error("{0}")]
+    Conflict(String),
     #[error("batch {first} would leave a gap: this copy ends at {have}")]
     LsnGap { first: u64, have: u64 },
     #[error("body of {size} bytes is over the limit of {limit} bytes")]
@@ -42,6 +45,7 @@ impl StoreError {
             StoreError::NoReplica(_) => "no_replica",
             StoreError::LeaseMismatch(_) => "lease_mismatch",
             StoreError::Held(_) => "held",
+            StoreError::Conflict(_) => "conflict",
             StoreError::LsnGap { .. } => "lsn_gap",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::StorageFull => "storage_full",
@@ -60,6 +64,7 @@ impl StoreError {
                 | StoreError::NoSuchItem(_)
                 | StoreError::LeaseMismatch(_)
                 | StoreError::Held(_)
+                | StoreError::Conflict(_)
         )
     }
 
@@ -79,7 +84,10 @@ impl StoreError {
             StoreError::NotFound(_) | StoreError::NoSuchItem(_) | StoreError::NoReplica(_) => {
                 StatusCode::NOT_FOUND
             }
-            StoreError::LeaseMismatch(_) | StoreError::Held(_) | StoreError::LsnGap { .. } => {
+            StoreError::LeaseMismatch(_)
+            | StoreError::Held(_)
+            | StoreError::Conflict(_)
+            | StoreError::LsnGap { .. } => {
                 StatusCode::CONFLICT
             }
             StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::db;
 
 use crate::error::StoreError;
+use crate::mailbox_move::{self, HomeSet, ImportFolder};
 use crate::ops::{self, PhysOp};
 use crate::queue_admin::{self, AdminRequest};
 use crate::writer::Counters;
@@ -90,6 +91,10 @@ pub enum Request {
     },
     /// An operator's hold, release, flush or metadata change (`queue_admin`).
     QueueAdmin(AdminRequest),
+    /// A mailbox's home moves to another store (`mailbox_move`).
+    SetHome(HomeSet),
+    /// One folder of another store's copy of a mailbox, merged into this store's (`mailbox_move`).
+    Import(Box<ImportFolder>),
 }
 
 impl Request {
@@ -97,6 +102,7 @@ impl Request {
     pub fn body_len(&self) -> usize {
         match self {
             Request::Enqueue { body, .. } | Request::Append { body, .. } => body.len(),
+            Request::Import(imp) => imp.body_len(),
             _ => 64,
         }
     }
@@ -113,6 +119,8 @@ impl Request {
                 | Request::Transfer { .. }
                 | Request::UserPut { .. }
                 | Request::BlockPut { .. }
+                | Request::SetHome(_)
+                | Request::Import(_)
         )
     }
 }
@@ -490,6 +498,8 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             Ok(Reply::Done { changed: true })
         }
         Request::QueueAdmin(admin) => queue_admin::execute(ctx, admin),
+        Request::SetHome(home) => mailbox_move::set_home(ctx, home),
+        Request::Import(imp) => mailbox_move::import(ctx, imp),
     }
 }
 
