@@ -87,9 +87,7 @@ impl StoreError {
             StoreError::LeaseMismatch(_)
             | StoreError::Held(_)
             | StoreError::Conflict(_)
-            | StoreError::LsnGap { .. } => {
-                StatusCode::CONFLICT
-            }
+            | StoreError::LsnGap { .. } => StatusCode::CONFLICT,
             StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             StoreError::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

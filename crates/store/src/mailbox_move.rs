@@ -163,7 +163,11 @@ fn read_target(ctx: &Ctx<'_>, user: &str, folder: &str) -> Result<Target, StoreE
 /// names the same message on both sides, and every message new to the target comes above its UIDNEXT
 /// (in UID order), so no client of either side sees a UID change meaning or appear below one it saw.
 fn uids_fit(imp: &ImportFolder, t: &Target, uidnext: i64) -> bool {
-    let used: HashMap<i64, &str> = t.delivered.iter().map(|(id, u)| (*u, id.as_str())).collect();
+    let used: HashMap<i64, &str> = t
+        .delivered
+        .iter()
+        .map(|(id, u)| (*u, id.as_str()))
+        .collect();
     let mut new: BTreeMap<i64, bool> = BTreeMap::new();
     let all = imp
         .messages
@@ -417,7 +421,14 @@ fn renumber(
         uid += 1;
     }
     for m in &keep {
-        insert(ctx, user, folder, uid, m, join_flags(m.flags.iter().cloned()))?;
+        insert(
+            ctx,
+            user,
+            folder,
+            uid,
+            m,
+            join_flags(m.flags.iter().cloned()),
+        )?;
         uid += 1;
     }
     out.uids = "renumbered";

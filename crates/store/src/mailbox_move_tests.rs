@@ -137,7 +137,10 @@ impl Db {
     }
 
     fn import(&mut self, now_ms: i64, from: &Db, prefer_source: bool) -> Value {
-        match self.run(now_ms, Request::Import(Box::new(from.export(prefer_source)))) {
+        match self.run(
+            now_ms,
+            Request::Import(Box::new(from.export(prefer_source))),
+        ) {
             Ok(Reply::Admin(v)) => v,
             other => panic!("import: {other:?}"),
         }
@@ -200,7 +203,10 @@ fn a_failover_and_back_keeps_uids_flags_and_expunges() {
     other.expunge(3);
     // The delta from the old home after the switch: nothing new, the other store's flags stay.
     let v = other.import(3_500_000, &home, false);
-    assert_eq!((v["copied"].as_u64(), v["merged"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (v["copied"].as_u64(), v["merged"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert!(!ids(&other.inbox()).contains(&"m3"), "its own expunge wins");
     // Fail back: the old home is an older copy of the same lineage: UIDs kept.
     let v = home.import(4_000_000, &other, true);
@@ -236,7 +242,11 @@ fn a_failover_and_back_keeps_uids_flags_and_expunges() {
     // Importing twice changes nothing.
     let v = home.import(6_000_000, &other, true);
     assert_eq!(
-        (v["copied"].as_u64(), v["merged"].as_u64(), v["tombstoned"].as_u64()),
+        (
+            v["copied"].as_u64(),
+            v["merged"].as_u64(),
+            v["tombstoned"].as_u64()
+        ),
         (Some(0), Some(0), Some(0))
     );
 }
@@ -258,7 +268,10 @@ fn a_uid_clash_renumbers_under_a_greater_uidvalidity() {
     assert_eq!(ids(&other.inbox()), vec!["new", "stray"]);
     let uids: Vec<i64> = other.inbox().iter().map(|m| m.0).collect();
     assert!(uids.windows(2).all(|w| w[0] < w[1]));
-    assert!(other.delivered().contains(&"m1".to_string()), "the tombstone survives");
+    assert!(
+        other.delivered().contains(&"m1".to_string()),
+        "the tombstone survives"
+    );
 }
 
 #[test]
@@ -312,7 +325,9 @@ fn homes_only_move_forward() {
     };
     assert_eq!(epoch(db.run(1, set("store-e1", Some(0)))), 1);
     assert_eq!(epoch(db.run(2, set("store-w1", None))), 2);
-    let err = db.run(3, set("store-e1", Some(1))).expect_err("stale epoch");
+    let err = db
+        .run(3, set("store-e1", Some(1)))
+        .expect_err("stale epoch");
     assert_eq!(err.code(), "conflict");
     // A mirror replaying an older record keeps the newer one.
     let old = PhysOp::HomePut {

@@ -68,15 +68,14 @@ pub async fn get_home(
         v["default"] = json!(false);
         return Ok(axum::Json(v).into_response());
     }
-    let default = store
-        .ctx
-        .topology
-        .mailbox_store(&address)
-        .ok_or_else(|| StoreError::NotFound(format!("{address} is not in a customer domain")))?;
-    Ok(axum::Json(
-        json!({"address": address, "store": default.name, "epoch": 0, "default": true}),
+    let default =
+        store.ctx.topology.mailbox_store(&address).ok_or_else(|| {
+            StoreError::NotFound(format!("{address} is not in a customer domain"))
+        })?;
+    Ok(
+        axum::Json(json!({"address": address, "store": default.name, "epoch": 0, "default": true}))
+            .into_response(),
     )
-    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -105,7 +104,11 @@ pub async fn put_home(
     let address = check_address(&path(p)?)?;
     let b: HomeBody = json_body(&store, &headers, body).await?;
     check_store(&store, &b.store)?;
-    if !store.ctx.topology.is_customer_domain(address.rsplit_once('@').map_or("", |d| d.1)) {
+    if !store
+        .ctx
+        .topology
+        .is_customer_domain(address.rsplit_once('@').map_or("", |d| d.1))
+    {
         return Err(StoreError::BadRequest(format!(
             "{address} is not in a customer domain"
         )));
@@ -377,7 +380,10 @@ async fn delivered_here(
         .fetch_all(&store.readers())
         .await?;
     rows.iter()
-        .map(|r| r.try_get::<String, _>("message_id").map_err(StoreError::from))
+        .map(|r| {
+            r.try_get::<String, _>("message_id")
+                .map_err(StoreError::from)
+        })
         .collect()
 }
 

@@ -75,10 +75,7 @@ pub fn router(store: Shared) -> Router {
             "/v1/mailboxes/{user}/{folder}/bodies",
             get(mailboxes::fetch_many),
         )
-        .route(
-            "/v1/mailboxes/{user}/{folder}/export",
-            get(homes::export),
-        )
+        .route("/v1/mailboxes/{user}/{folder}/export", get(homes::export))
         .route("/v1/mailboxes/{user}/{folder}/{uid}", get(mailboxes::fetch))
         .route(
             "/v1/mailboxes/{user}/{folder}/{uid}/flags",
