@@ -112,13 +112,15 @@ enum Command {
     },
     /// Manual failover (operator token): the supervisor of another site FENCES the mail server (or
     /// every mail server of --site) -- it SIGKILLs the original even when it is healthy -- and starts
-    /// a standby at its address. Users of the site who asked for notifications are told.
+    /// a standby at its address. Users of the site who asked for notifications are told. With
+    /// --mailbox USER@DOMAIN only that mailbox moves, to the other site's first store (merged).
     Failover {
         #[command(flatten)]
         target: cli::failover::Target,
     },
     /// Manual fail-back (operator token): the supervisor serving the mail server (or each mail server
     /// of --site) retires its standby; then start the original (`fabric start NODE`, or --restart).
+    /// With --mailbox USER@DOMAIN that mailbox moves back to its home store, merged.
     Failback {
         #[command(flatten)]
         target: cli::failover::Target,

@@ -3,7 +3,7 @@
 //! Quarantine always exist (empty until the store has a message in them).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use imap::{
@@ -22,9 +22,13 @@ const FETCH_BATCH: usize = 200;
 pub struct ImapBackend(pub Arc<Mailboxes>);
 
 /// One logged-in user's folders. `user` is fixed at login: no folder name reaches another user.
+/// The store is the mailbox's home at each command: a session follows a mailbox that moves (the
+/// folder's UIDVALIDITY tells the client whether its UIDs still hold).
 pub struct ImapAccount {
     user: String,
-    store: StoreClient,
+    mailboxes: Arc<Mailboxes>,
+    /// The home store the last command used, and a client for it.
+    store: Mutex<(String, StoreClient)>,
 }
 
 fn unavailable(e: ClientError) -> BackendError {
@@ -65,18 +69,38 @@ impl imap::Backend for ImapBackend {
                 pop3::LoginError::Invalid => LoginError::Invalid,
                 pop3::LoginError::Unavailable(m) => LoginError::Unavailable(m),
             })?;
-        let store = self.0.store_of(&address).map_err(|e| match e {
+        let home = self.0.home_of(&address).map_err(|e| match e {
             pop3::LoginError::Invalid => LoginError::Invalid,
             pop3::LoginError::Unavailable(m) => LoginError::Unavailable(m),
         })?;
         Ok(ImapAccount {
             user: address,
-            store,
+            mailboxes: self.0.clone(),
+            store: Mutex::new(home),
         })
     }
 }
 
 impl ImapAccount {
+    /// A client for the store that serves the mailbox now.
+    fn store(&self) -> StoreClient {
+        let mut cached = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self
+            .mailboxes
+            .homes
+            .node(&self.user)
+            .map(|n| n.name.as_str());
+        if let Some(name) = now
+            && name != cached.0
+            && let Ok(home) = self.mailboxes.home_of(&self.user)
+        {
+            tracing::info!(user = %self.user, from = %cached.0, to = %home.0,
+                "mailbox moved: the IMAP session follows it");
+            *cached = home;
+        }
+        cached.1.clone()
+    }
+
     /// The store's folder name for a client's name (INBOX is case-insensitive, RFC 3501 5.1).
     fn folder(name: &str) -> Result<&str, BackendError> {
         if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c == '/') {
@@ -88,7 +112,7 @@ impl ImapAccount {
 
 impl Account for ImapAccount {
     async fn folders(&self) -> Result<Vec<FolderStatus>, BackendError> {
-        let v = match self.store.folders(&self.user, None).await {
+        let v = match self.store().folders(&self.user, None).await {
             Ok(v) => v,
             Err(e) if not_found(&e) => serde_json::json!({"folders": []}),
             Err(e) => return Err(unavailable(e)),
@@ -128,7 +152,7 @@ impl Account for ImapAccount {
 
     async fn list(&self, folder: &str) -> Result<Listing, BackendError> {
         let folder = Self::folder(folder)?;
-        match self.store.list_mailbox(&self.user, folder, None).await {
+        match self.store().list_mailbox(&self.user, folder, None).await {
             Ok(l) => Ok(Listing {
                 uidvalidity: clamp_u32(l.uidvalidity),
                 uidnext: clamp_u32(l.uidnext),
@@ -155,7 +179,7 @@ impl Account for ImapAccount {
         for chunk in uids.chunks(FETCH_BATCH) {
             let ids: Vec<i64> = chunk.iter().map(|u| i64::from(*u)).collect();
             let got = self
-                .store
+                .store()
                 .fetch_many(&self.user, folder, &ids)
                 .await
                 .map_err(unavailable)?;
@@ -177,7 +201,7 @@ impl Account for ImapAccount {
             FlagOp::Remove => serde_json::json!({ "remove": flags }),
             FlagOp::Replace => serde_json::json!({ "set": flags }),
         };
-        self.store
+        self.store()
             .set_flags(&self.user, folder, i64::from(uid), &change)
             .await
             .map_err(unavailable)
@@ -187,7 +211,7 @@ impl Account for ImapAccount {
         let folder = Self::folder(folder)?;
         let ids: Vec<i64> = uids.iter().map(|u| i64::from(*u)).collect();
         let gone = self
-            .store
+            .store()
             .expunge(&self.user, folder, Some(&ids))
             .await
             .map_err(unavailable)?;
@@ -205,7 +229,7 @@ impl Account for ImapAccount {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         // Returns only once the message is fsynced on two stores (invariant 1).
         let written = self
-            .store
+            .store()
             .append_dated(&self.user, folder, &flags, internal_date_ms, body)
             .await
             .map_err(unavailable)?;

@@ -8,13 +8,14 @@ use argon2::PasswordVerifier;
 use pop3::{LoginError, MessageRef};
 use store_client::StoreClient;
 use store_client::directory::Directory;
-use topology::Topology;
+use store_client::homes::Homes;
 
 use crate::login_cache::LoginCache;
 
 pub struct Mailboxes {
-    pub topology: Arc<Topology>,
     pub directory: Directory,
+    /// Who serves each mailbox (moved ones included).
+    pub homes: Arc<Homes>,
     /// Logins argon2 accepted recently (see `login_cache`).
     pub logins: LoginCache,
 }
@@ -65,14 +66,14 @@ impl Mailboxes {
     }
 
     pub fn store_of(&self, address: &str) -> Result<StoreClient, LoginError> {
-        let node = self
-            .topology
-            .mailbox_store(address)
-            .ok_or_else(|| LoginError::Unavailable(format!("no home store for {address}")))?;
-        let addr = node
-            .service_addr("store")
-            .ok_or_else(|| LoginError::Unavailable("store without a store port".into()))?;
-        Ok(StoreClient::new(format!("http://{addr}")).with_timeout(Duration::from_secs(30)))
+        self.home_of(address).map(|(_, c)| c)
+    }
+
+    /// The store that serves `address` now, with its name.
+    pub fn home_of(&self, address: &str) -> Result<(String, StoreClient), LoginError> {
+        self.homes
+            .client(address, Duration::from_secs(30))
+            .ok_or_else(|| LoginError::Unavailable(format!("no home store for {address}")))
     }
 }
 

@@ -30,8 +30,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin port {}", ctx.node.admin_addr()))?;
     shutdown::cancel_on_signals(ctx.shutdown.clone())?;
     let mailboxes = Arc::new(mailbox::Mailboxes {
-        topology: ctx.topology.clone(),
         directory: Directory::new(&ctx.topology),
+        homes: store_client::homes::Homes::spawn(ctx.topology.clone()),
         logins: login_cache::LoginCache::default(),
     });
     let config = Arc::new(pop3::Config::new(format!(

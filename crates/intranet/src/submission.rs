@@ -69,8 +69,9 @@ impl Submission {
     /// The home store of a mailbox.
     fn home(&self, address: &str) -> Result<(String, StoreClient), String> {
         let node = self
-            .topology
-            .mailbox_store(address)
+            .mailboxes
+            .homes
+            .node(address)
             .ok_or_else(|| format!("{address}: no home store for its domain"))?;
         Ok((
             node.name.clone(),

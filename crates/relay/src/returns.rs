@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use smtp::client::{self, Outcome};
 use store_client::StoreClient;
+use store_client::homes::Homes;
 use topology::{Role, Topology};
 
 pub struct Returns {
     topology: Arc<Topology>,
+    /// Who serves each mailbox: a report goes to the sender's current home.
+    homes: Arc<Homes>,
     hostname: String,
 }
 
@@ -29,6 +32,7 @@ pub enum Sent {
 impl Returns {
     pub fn new(topology: Arc<Topology>, hostname: &str) -> Returns {
         Returns {
+            homes: Homes::spawn(topology.clone()),
             topology,
             hostname: hostname.to_string(),
         }
@@ -51,7 +55,7 @@ impl Returns {
         }
         let domain = sender.rsplit_once('@').map(|d| d.1).unwrap_or("");
         if self.topology.is_customer_domain(domain) {
-            let Some(home) = self.topology.mailbox_store(sender) else {
+            let Some(home) = self.homes.node(sender) else {
                 return Sent::Later(format!("no home store for {sender}"));
             };
             let Some(store) = StoreClient::for_node(home) else {

@@ -21,12 +21,18 @@ pub struct Directory {
     sources: Vec<Source>,
 }
 
-fn client_of(node: &topology::Node) -> Option<StoreClient> {
-    StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(10)))
+fn client_of(node: &topology::Node, timeout: Duration) -> Option<StoreClient> {
+    StoreClient::for_node(node).map(|c| c.with_timeout(timeout))
 }
 
 impl Directory {
     pub fn new(topology: &Topology) -> Directory {
+        Directory::with_timeout(topology, Duration::from_secs(10))
+    }
+
+    /// A directory whose every read gives up on a source after `timeout` (then asks the next).
+    pub fn with_timeout(topology: &Topology, timeout: Duration) -> Directory {
+        let client_of = |node: &topology::Node| client_of(node, timeout);
         let mut sources = Vec::new();
         if let Some(dir) = topology.directory_store() {
             if let Some(client) = client_of(dir) {
@@ -70,6 +76,21 @@ impl Directory {
         for s in &self.sources {
             match s.client.users(s.origin.as_deref()).await {
                 Ok(v) => return Ok(v["users"].as_array().cloned().unwrap_or_default()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Connect {
+            url: "directory".into(),
+            message: "the topology has no store".into(),
+        }))
+    }
+
+    /// The mailbox home records (`crate::homes`), from the first source that answers.
+    pub async fn homes(&self) -> Result<Vec<crate::homes::Home>, ClientError> {
+        let mut last = None;
+        for s in &self.sources {
+            match s.client.homes(s.origin.as_deref()).await {
+                Ok(v) => return Ok(v),
                 Err(e) => last = Some(e),
             }
         }

@@ -252,12 +252,24 @@ impl StoreClient {
         folder: &str,
         uids: &[i64],
     ) -> Result<Vec<(i64, Bytes)>, ClientError> {
+        self.fetch_many_at(user, folder, uids, None).await
+    }
+
+    /// [`StoreClient::fetch_many`] from this store's copy of `origin`'s data when given.
+    pub async fn fetch_many_at(
+        &self,
+        user: &str,
+        folder: &str,
+        uids: &[i64],
+        origin: Option<&str>,
+    ) -> Result<Vec<(i64, Bytes)>, ClientError> {
         let list: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
         let path = format!(
-            "/v1/mailboxes/{}/{}/bodies?uids={}",
+            "/v1/mailboxes/{}/{}/bodies?uids={}{}",
             segment(user),
             segment(folder),
-            list.join(",")
+            list.join(","),
+            origin_param(origin, '&')
         );
         let body = self.call(Method::GET, &path, &[], Bytes::new()).await?.body;
         let bad = |message: &str| ClientError::Decode {

@@ -22,6 +22,7 @@ use serde_json::Value;
 pub mod directory;
 mod drain;
 mod endpoints;
+pub mod homes;
 mod queue_admin;
 mod types;
 pub use drain::Drain;

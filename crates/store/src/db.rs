@@ -92,6 +92,14 @@ CREATE TABLE IF NOT EXISTS blocklist (
     entry       TEXT PRIMARY KEY,
     added_at_ms INTEGER NOT NULL
 );
+-- Where each moved mailbox lives (the directory store's copy counts): no row means the first store of
+-- the domain's home site. `epoch` only grows; every switch raises it by one.
+CREATE TABLE IF NOT EXISTS mailbox_homes (
+    address       TEXT PRIMARY KEY,
+    store         TEXT NOT NULL,
+    epoch         INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
 -- The tracking catalog: where each mailbox message lives in this store's data. Queue items need no
 -- entry: `queue_items_message` finds them by message id.
 CREATE TABLE IF NOT EXISTS catalog (

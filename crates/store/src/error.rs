@@ -19,6 +19,9 @@ pub enum StoreError {
     /// The item is held by an operator: release it first.
     #[error("{0}")]
     Held(String),
+    /// A compare-and-set lost (a mailbox home's epoch moved on meanwhile).
+    #[error("{0}")]
+    Conflict(String),
     #[error("batch {first} would leave a gap: this copy ends at {have}")]
     LsnGap { first: u64, have: u64 },
     /// A shipment or copy from an older epoch of its origin: a standby (or a rejoined store) has
@@ -46,6 +49,7 @@ impl StoreError {
             StoreError::NoReplica(_) => "no_replica",
             StoreError::LeaseMismatch(_) => "lease_mismatch",
             StoreError::Held(_) => "held",
+            StoreError::Conflict(_) => "conflict",
             StoreError::LsnGap { .. } => "lsn_gap",
             StoreError::Superseded { .. } => "superseded",
             StoreError::TooLarge { .. } => "too_large",
@@ -65,6 +69,7 @@ impl StoreError {
                 | StoreError::NoSuchItem(_)
                 | StoreError::LeaseMismatch(_)
                 | StoreError::Held(_)
+                | StoreError::Conflict(_)
         )
     }
 
@@ -86,6 +91,7 @@ impl StoreError {
             }
             StoreError::LeaseMismatch(_)
             | StoreError::Held(_)
+            | StoreError::Conflict(_)
             | StoreError::LsnGap { .. }
             | StoreError::Superseded { .. } => StatusCode::CONFLICT,
             StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

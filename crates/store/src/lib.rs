@@ -9,6 +9,7 @@
 //! - `db`: SQLite files (WAL, `synchronous = FULL`), schema, snapshots.
 //! - `ops`: physical operations, applied identically by a store and its mirrors.
 //! - `requests`: write requests and how they become physical operations.
+//! - `mailbox_move`: mailbox homes (epochs) and the import that merges a mailbox from another store.
 //! - `queue_admin`: operators' hold, release, flush and metadata changes of queue items.
 //! - `writer`: the group-commit writer task.
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
@@ -24,6 +25,7 @@ mod api;
 mod db;
 mod epoch;
 mod error;
+mod mailbox_move;
 mod ops;
 mod queue_admin;
 mod rebuild;

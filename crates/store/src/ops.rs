@@ -131,6 +131,30 @@ pub enum PhysOp {
         folder: String,
         uidvalidity: i64,
     },
+    // Mailbox moves (`mailbox_move`), after the queue administration for the same reason.
+    /// Where a mailbox lives, with its epoch (decided by the writer: the previous one plus one).
+    HomePut {
+        address: String,
+        store: String,
+        epoch: i64,
+        updated_at_ms: i64,
+    },
+    /// A folder emptied (messages, delivered ids, catalog entries) and given this UIDVALIDITY and
+    /// UIDNEXT: the start of an import that adopts the source's UIDs, or renumbers everything.
+    MailboxReset {
+        user: String,
+        folder: String,
+        uidvalidity: i64,
+        uidnext: i64,
+    },
+    /// A message id recorded as delivered to a folder without a message (an expunge imported from
+    /// another store: a tombstone); UIDNEXT passes `uid`.
+    DeliveredPut {
+        user: String,
+        folder: String,
+        message_id: String,
+        uid: i64,
+    },
 }
 
 /// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
@@ -260,6 +284,38 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
             folder,
             uidvalidity,
         } => db::exec(conn, "UPDATE mailboxes SET uidvalidity = ? WHERE user = ? AND folder = ?", params![uidvalidity, user, folder])?,
+        PhysOp::HomePut {
+            address,
+            store,
+            epoch,
+            updated_at_ms,
+        } => db::exec(conn, "INSERT INTO mailbox_homes (address, store, epoch, updated_at_ms) VALUES (?, ?, ?, ?)
+             ON CONFLICT(address) DO UPDATE SET store = excluded.store, epoch = excluded.epoch,
+               updated_at_ms = excluded.updated_at_ms WHERE excluded.epoch >= mailbox_homes.epoch", params![address, store, epoch, updated_at_ms])?,
+        PhysOp::MailboxReset {
+            user,
+            folder,
+            uidvalidity,
+            uidnext,
+        } => {
+            // The catalog's locations are `mailbox_location`'s.
+            db::exec(conn, "DELETE FROM catalog WHERE location IN
+                 (SELECT 'mailbox/' || user || '/' || folder || '/' || uid FROM messages WHERE user = ? AND folder = ?)", params![user, folder])?;
+            db::exec(conn, "DELETE FROM messages WHERE user = ? AND folder = ?", params![user, folder])?;
+            db::exec(conn, "DELETE FROM delivered WHERE user = ? AND folder = ?", params![user, folder])?;
+            db::exec(conn, "INSERT INTO mailboxes (user, folder, uidvalidity, uidnext) VALUES (?, ?, ?, ?)
+                 ON CONFLICT(user, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, uidnext = excluded.uidnext", params![user, folder, uidvalidity, uidnext])?
+        }
+        PhysOp::DeliveredPut {
+            user,
+            folder,
+            message_id,
+            uid,
+        } => {
+            db::exec(conn, "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?", params![uid, user, folder])?;
+            db::exec(conn, "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
+                 ON CONFLICT DO NOTHING", params![user, folder, message_id, uid])?
+        }
     };
     Ok(rows)
 }

@@ -301,6 +301,11 @@ pub async fn merge(store: &Store, tail: Tail) -> Result<Merged, StoreError> {
             | PhysOp::QueueHeld { .. }
             | PhysOp::QueueVisible { .. }
             | PhysOp::QueueMeta { .. } => merged.count("queue_state", "superseded"),
+            // A mailbox move of the tail: the operator's command failed without its answer; the
+            // newer history's homes and imports stand (run the move again).
+            PhysOp::HomePut { .. } | PhysOp::MailboxReset { .. } | PhysOp::DeliveredPut { .. } => {
+                merged.count("mailbox_move", "superseded")
+            }
             PhysOp::MailboxCreate { .. }
             | PhysOp::MetaSet { .. }
             | PhysOp::MailboxUidValidity { .. } => {}

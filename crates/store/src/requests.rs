@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::db;
 
 use crate::error::StoreError;
+use crate::mailbox_move::{self, HomeSet, ImportFolder};
 use crate::ops::{self, PhysOp};
 use crate::queue_admin::{self, AdminRequest};
 use crate::writer::Counters;
@@ -99,6 +100,10 @@ pub enum Request {
         user: String,
         folder: String,
     },
+    /// A mailbox's home moves to another store (`mailbox_move`).
+    SetHome(HomeSet),
+    /// One folder of another store's copy of a mailbox, merged into this store's (`mailbox_move`).
+    Import(Box<ImportFolder>),
 }
 
 impl Request {
@@ -106,6 +111,7 @@ impl Request {
     pub fn body_len(&self) -> usize {
         match self {
             Request::Enqueue { body, .. } | Request::Append { body, .. } => body.len(),
+            Request::Import(imp) => imp.body_len(),
             _ => 64,
         }
     }
@@ -122,6 +128,8 @@ impl Request {
                 | Request::Transfer { .. }
                 | Request::UserPut { .. }
                 | Request::BlockPut { .. }
+                | Request::SetHome(_)
+                | Request::Import(_)
         )
     }
 }
@@ -503,6 +511,8 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
         Request::NewUidValidity { user, folder } => {
             crate::epoch::new_uidvalidity(ctx, user, folder)
         }
+        Request::SetHome(home) => mailbox_move::set_home(ctx, home),
+        Request::Import(imp) => mailbox_move::import(ctx, imp),
     }
 }
 

@@ -290,7 +290,7 @@ impl Writer {
             Some(encoded)
         };
         tx.commit()?;
-        if let Some(epoch) = phys.iter().filter_map(crate::epoch::epoch_set_by).last() {
+        if let Some(epoch) = phys.iter().rev().find_map(crate::epoch::epoch_set_by) {
             self.repl.set_epoch(epoch);
         }
         if let Some(encoded) = encoded {

@@ -7,6 +7,9 @@
 //!   without, 403 wrong; the launcher's fail-back hook sends the topology's token); `200 {"node",
 //!   "state": "retired"}`, 404 if none. A fabric without an operator token lets anyone retire (there
 //!   is nothing to check, and fail-back must work).
+//! - `POST /v1/notices` `{"event": "start"|"end", "user": ADDRESS}` (operator token, as a forced
+//!   failover): queues the notice of one mailbox moved by `fabric failover/failback --mailbox` to
+//!   its user, behind the site notices already queued; `202 {"queued": true}`.
 
 use std::sync::Arc;
 
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 use topology::{Node, Topology};
 
+use crate::continuity::Event;
 use crate::standby::{Manager, Request};
 
 /// Unknown fields are ignored: relays may say more (queue depth, since when) than this reads.
@@ -37,6 +41,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/standby", post(invoke).get(list))
         .route("/v1/standby/{node}", delete(retire))
+        .route("/v1/notices", post(notices))
         .fallback(|| async {
             error(StatusCode::NOT_FOUND, "not_found", "no such endpoint").into_response()
         })
@@ -194,6 +199,55 @@ async fn invoke(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: B
     });
     let outcomes = work.await.unwrap_or_default();
     axum::Json(json!({"nodes": outcomes})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticeRequest {
+    event: String,
+    user: String,
+}
+
+async fn notices(State(manager): State<Arc<Manager>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = authorize(
+        &headers,
+        manager.topology().fabric.operator_token.as_deref(),
+    ) {
+        return refused.into_response();
+    }
+    let request: NoticeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()).into_response();
+        }
+    };
+    let event = match request.event.as_str() {
+        "start" => Event::Start,
+        "end" => Event::End,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "event must be \"start\" or \"end\"",
+            )
+            .into_response();
+        }
+    };
+    let user = request.user.trim().to_ascii_lowercase();
+    let Some(site) = user
+        .rsplit_once('@')
+        .and_then(|(_, domain)| manager.topology().home_site(domain))
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("{user:?} is not in a customer domain"),
+        )
+        .into_response();
+    };
+    let site = site.to_string();
+    manager.continuity().announce_mailbox(event, &site, &user);
+    (StatusCode::ACCEPTED, axum::Json(json!({"queued": true}))).into_response()
 }
 
 async fn list(State(manager): State<Arc<Manager>>) -> Response {

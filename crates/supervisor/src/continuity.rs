@@ -38,7 +38,16 @@ impl Event {
 
 /// Sends continuity notices in the background, in the order they were announced.
 pub struct Continuity {
-    queue: mpsc::UnboundedSender<(Event, String)>,
+    queue: mpsc::UnboundedSender<Announcement>,
+}
+
+/// What the worker is asked to tell: a site's users, or one moved mailbox's user.
+struct Announcement {
+    event: Event,
+    /// The home site concerned.
+    site: String,
+    /// Only this user (a mailbox moved by `fabric failover --mailbox`), with the mailbox notice.
+    mailbox: Option<String>,
 }
 
 struct Worker {
@@ -66,10 +75,10 @@ impl Continuity {
             notifier,
             standby_site,
         });
-        let (queue, mut rx) = mpsc::unbounded_channel::<(Event, String)>();
+        let (queue, mut rx) = mpsc::unbounded_channel::<Announcement>();
         tokio::spawn(async move {
-            while let Some((event, site)) = rx.recv().await {
-                worker.clone().announce(event, &site).await;
+            while let Some(a) = rx.recv().await {
+                worker.clone().announce(a).await;
             }
         });
         Continuity { queue }
@@ -78,13 +87,64 @@ impl Continuity {
     /// Queues the notices of `event` for the users of `site`; returns at once.
     pub fn announce(&self, event: Event, site: &str) {
         tracing::info!(event = event.as_str(), site, "continuity notices queued");
-        if self.queue.send((event, site.to_string())).is_err() {
+        let a = Announcement {
+            event,
+            site: site.to_string(),
+            mailbox: None,
+        };
+        if self.queue.send(a).is_err() {
             tracing::error!(
                 event = event.as_str(),
                 site,
                 "the continuity worker is gone: no notices"
             );
         }
+    }
+
+    /// Queues the notice of `event` for the user of one moved mailbox (at home in `site`).
+    pub fn announce_mailbox(&self, event: Event, site: &str, address: &str) {
+        tracing::info!(event = event.as_str(), site, user = %address, "mailbox notice queued");
+        let a = Announcement {
+            event,
+            site: site.to_string(),
+            mailbox: Some(address.to_ascii_lowercase()),
+        };
+        if self.queue.send(a).is_err() {
+            tracing::error!(event = event.as_str(), user = %address,
+                "the continuity worker is gone: no notice");
+        }
+    }
+}
+
+/// The notice of `event` for one mailbox moved by an operator (the words its user reads).
+pub fn mailbox_notice(event: Event, site: &str, standby_site: &str) -> Notice {
+    let tag = format!("mailbox-{}-{site}", event.as_str());
+    match event {
+        Event::Start => Notice {
+            tag,
+            sms: format!(
+                "Mail Fabric: your mailbox moved to the standby system at {standby_site}. \
+                 Nothing is lost; keep using your mail as usual."
+            ),
+            subject: "Your mailbox moved to the standby system".into(),
+            body: format!(
+                "Your mailbox moved to the standby system at {standby_site} while its home \
+                 system ({site}) is being worked on.\n\nNothing is lost: keep using your mail \
+                 as usual, with the same addresses and settings.\n\nYou will be told when it \
+                 returns to its home system.\n"
+            ),
+        },
+        Event::End => Notice {
+            tag,
+            sms: "Mail Fabric: your mailbox is back on its home system. Everything you \
+                  received or sent meanwhile is in it."
+                .into(),
+            subject: "Your mailbox is back on its home system".into(),
+            body: format!(
+                "Your mailbox is back on its home system ({site}).\n\nEverything you \
+                 received or sent meanwhile is in it.\n"
+            ),
+        },
     }
 }
 
@@ -121,8 +181,10 @@ pub fn notice(event: Event, site: &str, standby_site: &str) -> Notice {
 }
 
 impl Worker {
-    /// Notifies every user at home at `site` who asked for notifications, up to [`PARALLEL`] at once.
-    async fn announce(self: Arc<Self>, event: Event, site: &str) {
+    /// Notifies every user at home at `site` who asked for notifications (or the one user of a
+    /// moved mailbox), up to [`PARALLEL`] at once.
+    async fn announce(self: Arc<Self>, a: Announcement) {
+        let (event, site) = (a.event, a.site.as_str());
         let users = match self.directory.users().await {
             Ok(users) => users,
             Err(e) => {
@@ -133,10 +195,17 @@ impl Worker {
                 return;
             }
         };
-        let notice = Arc::new(notice(event, site, &self.standby_site));
+        let notice = Arc::new(match &a.mailbox {
+            Some(_) => mailbox_notice(event, site, &self.standby_site),
+            None => notice(event, site, &self.standby_site),
+        });
         let limit = Arc::new(Semaphore::new(PARALLEL));
         let mut tasks = tokio::task::JoinSet::new();
-        for user in users.into_iter().filter(|u| self.at_home(u, site)) {
+        let chosen = |u: &Value| match &a.mailbox {
+            Some(address) => u["address"].as_str() == Some(address.as_str()),
+            None => self.at_home(u, site),
+        };
+        for user in users.into_iter().filter(|u| chosen(u)) {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use smtp::client::{self, Outcome};
 use store_client::StoreClient;
+use store_client::homes::Homes;
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
 
@@ -50,6 +51,8 @@ pub async fn run(topology: Arc<Topology>, node: topology::Node, shutdown: Cancel
         metrics::gauge!("fabric_probe_ok", "site" => t.site.clone()).set(1.0);
         metrics::counter!("fabric_probe_missing_total", "site" => t.site.clone()).absolute(0);
     }
+    // The probe mailboxes could be moved like any other.
+    let homes = Homes::spawn(topology.clone());
     let mut seq = 0u64;
     loop {
         tokio::select! {
@@ -60,7 +63,7 @@ pub async fn run(topology: Arc<Topology>, node: topology::Node, shutdown: Cancel
             seq += 1;
             let started = Instant::now();
             let result = tokio::select! {
-                r = probe(&topology, &node, t, seq, interval) => r,
+                r = probe(&topology, &homes, &node, t, seq, interval) => r,
                 _ = shutdown.cancelled() => return,
             };
             let site = t.site.clone();
@@ -87,6 +90,7 @@ pub async fn run(topology: Arc<Topology>, node: topology::Node, shutdown: Cancel
 /// One probe: sent, then found in the mailbox within `wait`; its fabric id, or why not.
 async fn probe(
     topology: &Topology,
+    homes: &Homes,
     node: &topology::Node,
     t: &Target,
     seq: u64,
@@ -131,8 +135,8 @@ async fn probe(
     let Some(id) = id else {
         return Err(format!("not sent: {}", reasons.join("; ")));
     };
-    let store = topology
-        .mailbox_store(&t.address)
+    let store = homes
+        .node(&t.address)
         .and_then(StoreClient::for_node)
         .ok_or("no home store for the probe mailbox")?
         .with_timeout(Duration::from_secs(5));

@@ -143,6 +143,11 @@ impl Manager {
         &self.ctx.topology
     }
 
+    /// The continuity notices (`POST /v1/notices` queues one user's).
+    pub fn continuity(&self) -> &Continuity {
+        &self.continuity
+    }
+
     fn slot(&self, node: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.entry(node.to_string()).or_default().clone()

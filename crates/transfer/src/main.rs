@@ -34,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mover = Arc::new(mover::Mover {
         node: ctx.node.name.clone(),
-        topology: ctx.topology.clone(),
+        homes: store_client::homes::Homes::spawn(ctx.topology.clone()),
         retention: ctx.topology.timing.archive_retention,
     });
     let stores: Vec<(String, store_client::StoreClient)> = ctx

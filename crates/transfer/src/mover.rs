@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use mail_parser::MessageParser;
 use serde_json::{Value, json};
+use store_client::homes::Homes;
 use store_client::{Leased, StoreClient};
-use topology::Topology;
 
 /// How long a leased item is ours before another transfer server may take it.
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -19,7 +19,8 @@ pub const BATCH: u32 = 32;
 
 pub struct Mover {
     pub node: String,
-    pub topology: Arc<Topology>,
+    /// Who serves each mailbox (moved ones included).
+    pub homes: Arc<Homes>,
     pub retention: Duration,
 }
 
@@ -50,9 +51,9 @@ pub fn header_summary(body: &[u8]) -> Value {
 }
 
 impl Mover {
-    /// The store holding a recipient's mailbox.
+    /// The store holding a recipient's mailbox (its home record's, else its domain's home store).
     fn mailbox_store(&self, rcpt: &str) -> Option<(String, StoreClient)> {
-        let store = self.topology.mailbox_store(rcpt)?;
+        let store = self.homes.node(rcpt)?;
         Some((store.name.clone(), client(store)?))
     }
 

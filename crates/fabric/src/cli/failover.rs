@@ -15,15 +15,19 @@ use serde_json::{Value, json};
 use store_client::{Method, StoreClient};
 use topology::{Node, Role, Topology};
 
-/// What to fail over or back: one node or every node of a site that has standbys.
+/// What to fail over or back: one node, every node of a site that has standbys, or one mailbox.
 #[derive(Debug, clap::Args)]
 pub struct Target {
     /// The node (a store, transfer, inet-mx, intranet, redirector or router).
-    #[arg(required_unless_present = "site", conflicts_with = "site")]
+    #[arg(required_unless_present_any = ["site", "mailbox"], conflicts_with_all = ["site", "mailbox"])]
     pub node: Option<String>,
     /// Every such node of this site instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mailbox")]
     pub site: Option<String>,
+    /// One mailbox (USER@DOMAIN) instead: it moves to the first store of the other site (failover)
+    /// or back to its home store (failback), merged; nothing else moves.
+    #[arg(long, value_name = "USER@DOMAIN")]
+    pub mailbox: Option<String>,
     /// The operator token (`fabric.operator_token` of the topology).
     #[arg(long, env = "FABRIC_OPERATOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -72,11 +76,11 @@ fn scope<'t>(
             }
             Ok((site.clone(), topology.standby_phases(site)))
         }
-        (None, None) => bail!("give a NODE or --site SITE"),
+        (None, None) => bail!("give a NODE, --site SITE or --mailbox USER@DOMAIN"),
     }
 }
 
-fn client(node: &Node) -> anyhow::Result<StoreClient> {
+pub(super) fn client(node: &Node) -> anyhow::Result<StoreClient> {
     let addr = node
         .service_addr("supervisor")
         .with_context(|| format!("{} has no supervisor port", node.name))?;
@@ -92,7 +96,7 @@ fn auth(target: &Target) -> Vec<(&'static str, String)> {
 }
 
 /// The supervisor's refusal, as the operator should read it.
-fn refusal(supervisor: &str, status: u16, body: &[u8]) -> String {
+pub(super) fn refusal(supervisor: &str, status: u16, body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let message = v["message"]
         .as_str()
@@ -103,6 +107,9 @@ fn refusal(supervisor: &str, status: u16, body: &[u8]) -> String {
 
 pub async fn failover(data_dir: &Path, target: &Target) -> anyhow::Result<()> {
     let topology = load(target, data_dir)?;
+    if let Some(address) = &target.mailbox {
+        return super::mailbox_move::failover(&topology, target.token.as_deref(), address).await;
+    }
     let (site, _) = scope(&topology, target)?;
     let supervisor = topology
         .nodes_with_role(Role::Supervisor)
@@ -182,6 +189,9 @@ pub async fn failback(
     ready_timeout: u64,
 ) -> anyhow::Result<()> {
     let topology = load(target, data_dir)?;
+    if let Some(address) = &target.mailbox {
+        return super::mailbox_move::failback(&topology, target.token.as_deref(), address).await;
+    }
     let (site, phases) = scope(&topology, target)?;
     if restart {
         // Checked first: nothing is retired unless the originals can be started here.

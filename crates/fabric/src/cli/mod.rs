@@ -4,6 +4,7 @@ pub mod bench_smtp;
 pub mod control;
 pub mod directory;
 pub mod failover;
+pub mod mailbox_move;
 pub mod outside;
 pub mod queue;
 pub mod send;

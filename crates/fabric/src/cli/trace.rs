@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use store_client::StoreClient;
+use store_client::homes::Homes;
 
 fn client(node: &topology::Node) -> Option<StoreClient> {
     StoreClient::for_node(node).map(|c| c.with_timeout(Duration::from_secs(10)))
@@ -108,9 +109,13 @@ pub fn print_hops(message_id: &str, hops: &[Value]) {
 pub async fn recipient(data_dir: &Path, address: &str, limit: usize) -> anyhow::Result<()> {
     let (launcher, _) = super::running(data_dir)?;
     let address = address.trim().to_ascii_lowercase();
-    let store = launcher
-        .topology
-        .mailbox_store(&address)
+    // The mailbox's home now (a moved mailbox's record), else its domain's home store.
+    let homes = Homes::new(std::sync::Arc::new(launcher.topology.clone()));
+    if let Err(e) = homes.refresh().await {
+        eprintln!("mailbox homes unreadable ({e}); showing the domain's home store");
+    }
+    let store = homes
+        .node(&address)
         .with_context(|| format!("{address} is not in a customer domain"))?;
     let c = client(store).context("the mailbox store has no store port")?;
     let listing = c.list_mailbox(&address, "INBOX", None).await?;

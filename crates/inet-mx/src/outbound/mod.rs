@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
+use store_client::homes::Homes;
 use store_client::{Leased, StoreClient};
 use tokio_util::sync::CancellationToken;
 use topology::Topology;
@@ -47,6 +48,8 @@ pub struct Worker {
     node: String,
     hostname: String,
     topology: Arc<Topology>,
+    /// Who serves each mailbox: a bounce goes to the sender's current home.
+    homes: Arc<Homes>,
     stores: Vec<(String, StoreClient)>,
 }
 
@@ -86,6 +89,7 @@ impl Worker {
         Worker {
             node: node.name.clone(),
             hostname: format!("{}.{}", node.name, topology.fabric.name),
+            homes: Homes::spawn(topology.clone()),
             topology,
             stores,
         }
@@ -294,7 +298,7 @@ impl Worker {
             tracing::info!(msg_id = %id, sender = %sender, "failed recipients; the sender is not a customer: no bounce");
             return true;
         }
-        let Some(home) = self.topology.mailbox_store(sender) else {
+        let Some(home) = self.homes.node(sender) else {
             return false;
         };
         let Some(store) = StoreClient::for_node(home) else {

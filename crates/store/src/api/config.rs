@@ -29,7 +29,7 @@ fn none() -> String {
 }
 
 /// An address is `local@domain`, lower-cased, with no spaces.
-fn check_address(address: &str) -> Result<String, StoreError> {
+pub(super) fn check_address(address: &str) -> Result<String, StoreError> {
     let a = address.trim().to_ascii_lowercase();
     match a.split_once('@') {
         Some((local, domain))

@@ -2,6 +2,7 @@
 //! Every answer that is not a success is a JSON error from [`StoreError`], and is counted.
 
 mod config;
+mod homes;
 mod logs;
 mod mailboxes;
 mod queue_admin;
@@ -74,6 +75,7 @@ pub fn router(store: Shared) -> Router {
             "/v1/mailboxes/{user}/{folder}/bodies",
             get(mailboxes::fetch_many),
         )
+        .route("/v1/mailboxes/{user}/{folder}/export", get(homes::export))
         .route("/v1/mailboxes/{user}/{folder}/{uid}", get(mailboxes::fetch))
         .route(
             "/v1/mailboxes/{user}/{folder}/{uid}/flags",
@@ -95,6 +97,12 @@ pub fn router(store: Shared) -> Router {
                 .get(config::get_user)
                 .delete(config::delete_user),
         )
+        .route("/v1/homes", get(homes::list_homes))
+        .route(
+            "/v1/homes/{address}",
+            get(homes::get_home).put(homes::put_home),
+        )
+        .route("/v1/homes/{address}/import", post(homes::import))
         .route("/v1/blocklist", get(config::list_blocklist))
         .route(
             "/v1/blocklist/{entry}",
