@@ -1,4 +1,4 @@
-.PHONY: run test build bench promtool tools down status
+.PHONY: run test build bench promtool tools down status chaos
 CARGO ?= cargo
 TOPOLOGY ?= topology/two-site.toml
 export FABRIC_DATA_DIR ?= $(CURDIR)/var
@@ -30,3 +30,13 @@ test: tools build
 bench:
 	$(CARGO) build --release --workspace --bins
 	target/release/fabric-bench $(BENCH_ARGS)
+
+# A seeded fault campaign (`fabric chaos`, docs/operations.md) against a fabric of its own on loopback,
+# in a fresh CHAOS_DATA (kept until the next run: nodes' logs and record.json). Stop `make run` first
+# (same ports), or run `target/debug/fabric chaos --attach` against it instead.
+# Replay a campaign with CHAOS_ARGS="--seed N ...".
+CHAOS_DATA ?= $(CURDIR)/var-chaos
+CHAOS_ARGS ?= --messages 1000 --faults 10 --duration 120
+chaos: build
+	rm -rf $(CHAOS_DATA)
+	target/debug/fabric --data-dir $(CHAOS_DATA) chaos $(TOPOLOGY) --record $(CHAOS_DATA)/record.json $(CHAOS_ARGS)

@@ -130,6 +130,10 @@ enum Command {
         #[arg(long, default_value = "60", value_name = "SECONDS")]
         ready_timeout: u64,
     },
+    /// A seeded fault campaign while mail flows (SIGKILL, SIGSTOP, restarts, a whole site down), then
+    /// every mailbox read over IMAP and a verdict: sent, acknowledged, delivered, lost, duplicated.
+    /// Exits non-zero on any loss or duplicate.
+    Chaos(cli::chaos::Args),
     /// What the simulated outside world (the sink nodes) received from the fabric.
     Outside {
         #[command(subcommand)]
@@ -393,6 +397,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             restart,
             ready_timeout,
         } => cli::failover::failback(&data_dir, &target, restart, ready_timeout).await,
+        Command::Chaos(args) => cli::chaos::run(&data_dir, &args).await,
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

@@ -4,6 +4,7 @@ mod imap_backend;
 mod login_cache;
 mod mailbox;
 mod submission;
+mod submission_id;
 
 use std::sync::Arc;
 

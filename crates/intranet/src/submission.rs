@@ -6,7 +6,8 @@
 //! - MAIL FROM: only the authenticated user's own address (553 5.7.1 otherwise);
 //! - RCPT TO: a customer domain's address must exist (550 5.1.1); any other domain is allowed (the
 //!   user is authenticated);
-//! - DATA: a fabric message id and a Received header, then, all at once: each local recipient's INBOX
+//! - DATA: a fabric message id (the same for a resend of the same message: `submission_id`) and a
+//!   Received header, then, all at once: each local recipient's INBOX
 //!   on the mailbox's home store (exactly once by the fabric id; never through the Internet side), ONE
 //!   item on the `outbound` queue of this site's store for the remote recipients (envelope in its
 //!   metadata), and a copy in the sender's `Sent`. 250 only once every one of those writes returned
@@ -212,10 +213,7 @@ impl Handler for Submission {
             return Reply::new(530, "5.7.0", "Authentication required");
         };
         let from = from.as_string().to_ascii_lowercase();
-        let id = uuid::Uuid::now_v7().simple().to_string();
         let started = Instant::now();
-        let mut body = self.received(env, &id).into_bytes();
-        body.extend_from_slice(&message);
         let (mut local, mut remote) = (Vec::new(), Vec::new());
         for rcpt in &env.rcpts {
             let address = rcpt.as_string().to_ascii_lowercase();
@@ -228,6 +226,12 @@ impl Handler for Submission {
                 list.push(address);
             }
         }
+        // A resend after a 451 names the same id, so writes that succeeded the first time are not
+        // repeated (see `submission_id`).
+        let all: Vec<String> = local.iter().chain(&remote).cloned().collect();
+        let id = crate::submission_id::submission_id(&user, &from, &all, &message);
+        let mut body = self.received(env, &id).into_bytes();
+        body.extend_from_slice(&message);
         tracing::info!(msg_id = %id, user = %user, local = local.len(), remote = remote.len(),
             bytes = body.len(), "submitted");
         // Every write at once: their store requests share group commits.

@@ -118,6 +118,16 @@ impl MxSender {
         Ok(out)
     }
 
+    /// The IPv4 addresses of `name` in the fabric's DNS (a customer finds its access points at
+    /// `mail.DOMAIN` this way).
+    pub async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, SendError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.ipv4_lookup(fqdn.as_str()).await {
+            Ok(a) => Ok(a.iter().map(|a| IpAddr::V4(a.0)).collect()),
+            Err(e) => Err(SendError::Dns(format!("A {name}: {e}"))),
+        }
+    }
+
     /// Sends `message` from `from` to `rcpts` (all of one domain) through that domain's exchangers.
     pub async fn send(
         &self,
