@@ -1,6 +1,7 @@
 //! The subcommands of `fabric`.
 
 pub mod bench_smtp;
+pub mod compose;
 pub mod control;
 pub mod directory;
 pub mod failover;
