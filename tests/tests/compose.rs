@@ -112,8 +112,9 @@ fn addresses_map_from_loopback_and_are_unique() {
     assert_eq!(addr("intranet-e2"), ip("10.2.20.12"));
     assert_eq!(addr("redirector-inet-w"), ip("10.1.10.5"));
     let router = t.node("router-inet-w1").expect("router");
-    assert_eq!(router.admin_address, Some(ip("10.1.10.1")));
-    assert_eq!(router.networks.get("lan-east"), Some(&ip("10.2.110.1")));
+    // `outside` (127.10.9.1, earlier in the file) took 10.1.10.1: the next free one.
+    assert_eq!(router.admin_address, Some(ip("10.1.10.2")));
+    assert_eq!(router.networks.get("lan-east"), Some(&ip("10.2.110.2")));
     assert_eq!(router.source_ip(), Ipv4Addr::UNSPECIFIED);
 
     let mut seen = BTreeSet::new();
@@ -126,7 +127,7 @@ fn addresses_map_from_loopback_and_are_unique() {
         }
     }
     // The PROXY header and the relays' fabric ids are trusted from every address of theirs.
-    assert!(t.proxy_addresses().contains(&ip("10.2.110.1")));
+    assert!(t.proxy_addresses().contains(&ip("10.2.110.2")));
     assert!(t.relay_addresses().contains(&ip("10.1.10.21")));
 }
 
@@ -188,7 +189,7 @@ fn the_compose_file_has_a_service_per_node_with_health_checks_and_store_volumes(
         "command: [\"/usr/local/bin/fabric-store\", \"--topology\", \"/fabric/topology.toml\", \"--node\", \"store-w1\""
     ));
     assert!(yaml.contains("      - store-w1:/data\n"));
-    assert!(yaml.contains("\"http://10.1.10.1:9180/health\"]"));
+    assert!(yaml.contains("\"http://10.1.10.2:9180/health\"]"));
     assert!(yaml.contains("      lan-west:\n        ipv4_address: 10.1.0.11\n"));
     assert!(yaml.contains("  store-e2: {}\n"));
 }

@@ -2,8 +2,8 @@
 //! with which static address, and the topology the containers read (`fabric compose` writes both).
 //!
 //! Networks: one per zone of the topology (`internet`, `isolated` and each site's LAN), all
-//! `internal` (no gateway out, no default route): a container reaches only the networks it is on, and
-//! anything else fails at once with "network unreachable".
+//! `internal`: a container reaches only the networks it is on; what it sends to any other is dropped
+//! by docker's isolation rules on the host (no answer at all).
 //!
 //! Who sits where:
 //! - The nodes whose address the fabric hands to the outside (routers: MX 10 and `mail.D`; relays:
@@ -203,7 +203,7 @@ pub fn plan(topology: &Topology) -> Result<Deployment, ComposeError> {
     let mut docker = topology.clone();
     let mut services = Vec::new();
     for (node, out) in topology.nodes.iter().zip(docker.nodes.iter_mut()) {
-        let [a, _, _, d] = node.address.octets();
+        let [_, a, _, d] = node.address.octets();
         let lan = lan_of(&node.site).ok_or_else(|| ComposeError::NoLan {
             node: node.name.clone(),
             site: node.site.clone(),
@@ -258,7 +258,7 @@ pub fn plan(topology: &Topology) -> Result<Deployment, ComposeError> {
 
 /// Every flow the access list of `zone` refuses, as the connections a client in the zone would open
 /// to the fabric's nodes: for each service its routers guard but do not forward, every node that
-/// serves it (`admin`: every node's admin port). Each must have no route from the zone's network.
+/// serves it (`admin`: every node's admin port). None may have a path from the zone's network.
 pub fn refused_flows(deployment: &Deployment, zone: &str) -> Vec<(String, std::net::SocketAddr)> {
     let t = &deployment.topology;
     let guarded: BTreeSet<&str> = t

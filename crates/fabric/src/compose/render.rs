@@ -51,7 +51,6 @@ pub fn render(d: &Deployment, o: &RenderOptions) -> String {
         );
         y.push_str("    restart: unless-stopped\n");
         let _ = writeln!(y, "    stop_grace_period: {}s", o.stop_grace_secs);
-        y.push_str("    ulimits:\n      nofile: 65536\n");
         y.push_str("    networks:\n");
         for (net, address) in &s.addresses {
             let _ = writeln!(y, "      {net}:\n        ipv4_address: {address}");
