@@ -1,4 +1,4 @@
-.PHONY: run test build bench promtool tools down status chaos
+.PHONY: run test build bench promtool tools down status chaos docker compose-up compose-down test-docker
 CARGO ?= cargo
 TOPOLOGY ?= topology/two-site.toml
 export FABRIC_DATA_DIR ?= $(CURDIR)/var
@@ -40,3 +40,28 @@ CHAOS_ARGS ?= --messages 1000 --faults 10 --duration 120
 chaos: build
 	rm -rf $(CHAOS_DATA)
 	target/debug/fabric --data-dir $(CHAOS_DATA) chaos $(TOPOLOGY) --record $(CHAOS_DATA)/record.json $(CHAOS_ARGS)
+
+# --- docker: one image FROM scratch (nothing is pulled), the compose deployment, its test ---
+PROFILE ?= debug
+# `docker compose` (v2) when the plugin is there, else docker-compose (v1.27+ reads the same file).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+export COMPOSE
+
+docker:
+	$(CARGO) build --workspace --bins $(if $(filter release,$(PROFILE)),--release)
+	docker/build-image.sh $(PROFILE)
+
+# The default two-site fabric as containers (project mailfabric); zones are internal networks.
+compose-up: build
+	target/debug/fabric compose $(TOPOLOGY) -o docker/compose.yaml
+	$(COMPOSE) -p mailfabric -f docker/compose.yaml up -d
+	@echo "operate it with: target/debug/fabric --data-dir docker/var user add|send|trace|queue ..."
+
+# Stops and removes the containers and networks; the stores' named volumes stay (add -v to drop them).
+compose-down:
+	$(COMPOSE) -p mailfabric -f docker/compose.yaml down --remove-orphans
+
+# Builds the image, deploys (project mailfabric-test), mail in through the internet side and out over
+# IMAP and POP3 on the isolated side, every refused flow of each access list unreachable; tears down.
+test-docker: docker
+	docker/test-docker.sh

@@ -310,6 +310,8 @@ mod tests {
             ports: Default::default(),
             admin: 9100,
             quota_bytes: None,
+            admin_address: None,
+            networks: Default::default(),
         }
     }
 

@@ -6,8 +6,10 @@
 //!
 //! - `launch`: where binaries, data and logs live, spawning a node and waiting until it is ready.
 //! - `process`: what `/proc` says about a pid (running, stopped, zombie, gone) and whether it is our node.
+//! - `compose`: the docker deployment of a topology (networks, static addresses, the docker topology).
 //! - `state`: `fabric.json`, the record of which pid runs which node, shared by concurrent commands.
 
+pub mod compose;
 pub mod launch;
 pub mod process;
 pub mod state;

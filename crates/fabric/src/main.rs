@@ -139,6 +139,23 @@ enum Command {
         #[command(subcommand)]
         command: OutsideCommand,
     },
+    /// Write the docker deployment of a topology: the compose file, beside it the docker topology
+    /// (topology.toml) and the TLS directory (var/tls) the containers mount.
+    Compose {
+        /// The topology file.
+        #[arg(default_value = "topology/two-site.toml")]
+        topology: PathBuf,
+        /// The compose file to write.
+        #[arg(short, long, default_value = "docker/compose.yaml")]
+        output: PathBuf,
+        /// The image every service runs.
+        #[arg(long, default_value = "mailfabric:latest")]
+        image: String,
+        /// Print the flows of this zone's access list (refused: no route from the zone's network;
+        /// allowed: the routers' forwarded ports) instead of writing anything.
+        #[arg(long, value_name = "ZONE")]
+        flows: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -398,6 +415,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ready_timeout,
         } => cli::failover::failback(&data_dir, &target, restart, ready_timeout).await,
         Command::Chaos(args) => cli::chaos::run(&data_dir, &args).await,
+        Command::Compose {
+            topology,
+            output,
+            image,
+            flows,
+        } => cli::compose::run(&cli::compose::Request {
+            topology: &topology,
+            output: &output,
+            image: &image,
+            flows: flows.as_deref(),
+        }),
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

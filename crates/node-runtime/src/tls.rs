@@ -85,9 +85,11 @@ pub fn ensure_certificates(dir: &Path, topology: &Topology) -> Result<(), TlsErr
             node.name.clone(),
             format!("{}.{}", node.name, topology.fabric.name),
         ])?;
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(node.address.into()));
+        for address in node.addresses() {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(address.into()));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, node.name.clone());

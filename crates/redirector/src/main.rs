@@ -45,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     let edge = &topology.edge;
     let interval = edge.check_interval;
     let dialer = Arc::new(Dialer {
-        source: IpAddr::V4(node.address),
+        source: IpAddr::V4(node.source_ip()),
         send_proxy: edge.send_proxy,
         connect_timeout: (interval * 4).max(Duration::from_secs(1)),
         // A live server of the fabric greets in milliseconds; a frozen one (SIGSTOP: the kernel still
@@ -55,7 +55,8 @@ async fn main() -> anyhow::Result<()> {
         redirectors: Arc::new(
             topology
                 .nodes_with_role(Role::Redirector)
-                .map(|n| IpAddr::V4(n.address))
+                .flat_map(topology::Node::addresses)
+                .map(IpAddr::V4)
                 .collect(),
         ),
         relays: Arc::new(

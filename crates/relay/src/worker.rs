@@ -123,7 +123,7 @@ impl Worker {
             .collect();
         Worker {
             node: node.name.clone(),
-            source: IpAddr::V4(node.address),
+            source: IpAddr::V4(node.source_ip()),
             returns: Returns::new(topology.clone(), hostname),
             standby: Standby::new(&topology, node),
             topology,

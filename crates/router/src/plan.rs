@@ -112,7 +112,7 @@ impl Plan {
             node: node.name.clone(),
             site: node.site.clone(),
             zone: zone.clone(),
-            source: std::net::IpAddr::V4(node.address),
+            source: std::net::IpAddr::V4(node.source_ip()),
             ports,
             relays: topology.relay_addresses(),
         })

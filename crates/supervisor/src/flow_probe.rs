@@ -107,7 +107,7 @@ async fn probe(
         site = t.site,
     );
     let options = client::Options {
-        source: Some(IpAddr::V4(node.address)),
+        source: Some(IpAddr::V4(node.source_ip())),
         greeting_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(10),
     };

@@ -54,7 +54,7 @@ impl Topology {
     /// relay's) so that a message handed over twice is still delivered once.
     pub fn relay_addresses(&self) -> Vec<Ipv4Addr> {
         self.nodes_with_role(Role::Relay)
-            .map(|n| n.address)
+            .flat_map(Node::addresses)
             .collect()
     }
 

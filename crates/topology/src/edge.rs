@@ -116,7 +116,7 @@ impl Topology {
         self.nodes
             .iter()
             .filter(|n| matches!(n.role(), Role::Router | Role::Redirector))
-            .map(|n| n.address)
+            .flat_map(Node::addresses)
             .collect()
     }
 }

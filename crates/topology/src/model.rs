@@ -276,6 +276,15 @@ pub struct Node {
     /// Stores only: the most bytes the node's data may take (0 or absent: no quota).
     #[serde(default)]
     pub quota_bytes: Option<u64>,
+    /// Where the admin server listens when not on `address` (docker: the site-LAN address of a node
+    /// whose `address` faces a zone, so that zone never reaches its admin port). One of its addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_address: Option<Ipv4Addr>,
+    /// The node's addresses on networks other than `address`'s: zone name -> address (docker, where a
+    /// container sits on several networks; `fabric compose` writes them). A node with any lets the
+    /// kernel choose the source address of its connections: the one on the destination's network.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, Ipv4Addr>,
 }
 
 impl Node {
@@ -291,7 +300,24 @@ impl Node {
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        SocketAddr::V4(SocketAddrV4::new(self.address, self.admin))
+        let ip = self.admin_address.unwrap_or(self.address);
+        SocketAddr::V4(SocketAddrV4::new(ip, self.admin))
+    }
+
+    /// Every address of the node: `address`, then its other networks' (see `networks`).
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        std::iter::once(self.address).chain(self.networks.values().copied())
+    }
+
+    /// The address the node's outgoing connections are bound to: its own `address` on loopback (where
+    /// every address is local and the kernel would pick 127.0.0.1), unspecified on several networks
+    /// (the kernel then picks the node's address on the destination's network).
+    pub fn source_ip(&self) -> Ipv4Addr {
+        if self.networks.is_empty() {
+            self.address
+        } else {
+            Ipv4Addr::UNSPECIFIED
+        }
     }
 }
 

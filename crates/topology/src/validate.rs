@@ -33,15 +33,24 @@ fn check_sites(t: &Topology, p: &mut Vec<String>) {
 }
 
 fn check_zones(t: &Topology, p: &mut Vec<String>) {
-    let loopback: ipnet::Ipv4Net = "127.0.0.0/8".parse().unwrap_or_default();
+    // Loopback, or a private range (the container networks `fabric compose` writes).
+    let allowed: Vec<ipnet::Ipv4Net> = [
+        "127.0.0.0/8",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+    ]
+    .iter()
+    .filter_map(|c| c.parse().ok())
+    .collect();
     let mut seen = BTreeSet::new();
     for (i, z) in t.zones.iter().enumerate() {
         if !seen.insert(&z.name) {
             p.push(format!("zone {:?} field \"name\": defined twice", z.name));
         }
-        if !loopback.contains(&z.cidr) {
+        if !allowed.iter().any(|a| a.contains(&z.cidr)) {
             p.push(format!(
-                "zone {:?} field \"cidr\": {} is not inside 127.0.0.0/8",
+                "zone {:?} field \"cidr\": {} is not inside 127.0.0.0/8 (or a private range)",
                 z.name, z.cidr
             ));
         }
@@ -124,6 +133,12 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                 }
             }
         }
+        // Behind the routers (docker), a server of a zone sits on its site's LAN.
+        in_a_zone |= t.zones.iter().any(|z| {
+            z.kind == ZoneKind::Lan
+                && z.site.as_deref() == Some(n.site.as_str())
+                && z.cidr.contains(&n.address)
+        });
         if !n.zones.is_empty() && !in_a_zone {
             p.push(format!(
                 "{at} field \"address\": {} is outside its zone(s) {}",
@@ -137,6 +152,7 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                 n.address
             ));
         }
+        check_networks(t, n, &mut addresses, p);
         let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
         ports.insert(n.admin, "admin");
         for (service, port) in &n.ports {
@@ -179,6 +195,39 @@ fn check_nodes(t: &Topology, p: &mut Vec<String>) {
                 ));
             }
         }
+    }
+}
+
+/// A node's other networks (docker): known zones, addresses inside them and used once; the admin
+/// address one of the node's own.
+fn check_networks<'t>(
+    t: &'t Topology,
+    n: &'t crate::model::Node,
+    addresses: &mut BTreeMap<Ipv4Addr, &'t str>,
+    p: &mut Vec<String>,
+) {
+    let at = format!("node {:?}", n.name);
+    for (zname, address) in &n.networks {
+        match t.zones.iter().find(|z| &z.name == zname) {
+            None => p.push(format!("{at} field \"networks.{zname}\": unknown zone")),
+            Some(z) if !z.cidr.contains(address) => p.push(format!(
+                "{at} field \"networks.{zname}\": {address} is outside {}",
+                z.cidr
+            )),
+            Some(_) => {}
+        }
+        if let Some(other) = addresses.insert(*address, &n.name) {
+            p.push(format!(
+                "{at} field \"networks.{zname}\": {address} is already used by node {other:?}"
+            ));
+        }
+    }
+    if let Some(admin) = n.admin_address
+        && !n.addresses().any(|a| a == admin)
+    {
+        p.push(format!(
+            "{at} field \"admin_address\": {admin} is not one of the node's addresses"
+        ));
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod bench_smtp;
 pub mod chaos;
+pub mod compose;
 pub mod control;
 pub mod directory;
 pub mod failover;
