@@ -139,6 +139,14 @@ impl Homes {
     /// A resolver that knows no record yet (every mailbox at its default home) and does not refresh
     /// by itself: call [`Homes::refresh`].
     pub fn new(topology: Arc<Topology>) -> Arc<Homes> {
+        metrics::describe_gauge!(
+            "fabric_mailbox_homes_moved",
+            "Mailboxes whose home is not their domain's default store (failed over one by one)."
+        );
+        metrics::describe_counter!(
+            "fabric_mailbox_homes_refresh_failures_total",
+            "Refreshes of the mailbox homes that found neither the directory store nor a copy of it."
+        );
         let directory = Directory::with_timeout(&topology, SOURCE_TIMEOUT);
         Arc::new(Homes {
             topology,

@@ -95,6 +95,34 @@ pub fn describe() {
         "Times this store replaced its data with a copy from its mirror."
     );
     describe_gauge!(
+        "fabric_store_epoch",
+        "This store's epoch: one more after every rebuild or rejoin."
+    );
+    describe_counter!(
+        "fabric_store_superseded_total",
+        "Shipments a mirror refused because it holds a newer epoch of this store (rejoin needed)."
+    );
+    describe_counter!(
+        "fabric_store_rejoins_total",
+        "Start-ups that found a standby had continued this store and took its history."
+    );
+    describe_counter!(
+        "fabric_store_rejoin_ops_total",
+        "What rejoins did with this store's own tail, by operation and result."
+    );
+    describe_counter!(
+        "fabric_store_mailbox_imports_total",
+        "Mailbox folders imported from another store (mailbox failover and fail-back)."
+    );
+    describe_counter!(
+        "fabric_store_mailbox_import_failures_total",
+        "Mailbox imports that failed."
+    );
+    describe_counter!(
+        "fabric_store_mailbox_import_uidvalidity_changes_total",
+        "Imported folders that got a new UIDVALIDITY because their UIDs could not be kept."
+    );
+    describe_gauge!(
         "fabric_store_queue_depth",
         "Items in a queue of this store's own data (held and leased ones included), by queue."
     );
