@@ -264,8 +264,18 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         assert_eq!(s["site"], "west", "{s}");
         pids.push(s["pid"].as_u64().context("pid")? as u32);
     }
-    // Only mail servers get standbys.
+    // Relays (like DNS servers and supervisors) get no standby: the other site's serve meanwhile.
     let (code, _) = call(
+        &east,
+        Method::POST,
+        "/v1/standby",
+        &[],
+        json!({"node": "relay-w1"}),
+    )
+    .await?;
+    assert_eq!(code, 400);
+    // A store can have one, but one that answers is left alone.
+    let (code, body) = call(
         &east,
         Method::POST,
         "/v1/standby",
@@ -273,7 +283,8 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         json!({"node": "store-w1"}),
     )
     .await?;
-    assert_eq!(code, 400);
+    assert_eq!(code, 200);
+    assert_eq!(body["nodes"][0]["state"], "alive", "{body}");
 
     // The standbys say what they are.
     let st = status(&sandbox, "intranet-w1").await?;
