@@ -99,18 +99,29 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
     a.enqueue("outbound", Some("msg-2"), None, "two").await?;
     let l = a.lease("outbound", 1, Duration::from_millis(200)).await?;
     assert_eq!(l.len(), 1);
+    // What the last try answered goes into the failure message (an error and an empty lease differ).
+    let last = std::sync::Mutex::new(String::from("no try yet"));
     testkit::wait_until(
         "expired lease to return the item",
         Duration::from_secs(5),
         Duration::from_millis(50),
         || async {
-            a.lease("outbound", 1, Duration::from_secs(60))
-                .await
-                .map(|v| v.len() == 1)
-                .unwrap_or(false)
+            let answer = a.lease("outbound", 1, Duration::from_secs(60)).await;
+            let returned = matches!(&answer, Ok(v) if v.len() == 1);
+            if let Ok(mut l) = last.lock() {
+                *l = match answer {
+                    Ok(v) => format!("{} item(s)", v.len()),
+                    Err(e) => format!("error: {e}"),
+                };
+            }
+            returned
         },
     )
-    .await?;
+    .await
+    .map_err(|e| {
+        let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+        e.context(format!("the last lease answered {last}"))
+    })?;
 
     // Mailboxes: UIDs ascend, UIDVALIDITY is stable, append is exactly once per message id.
     let m1 = a

@@ -120,8 +120,15 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// Pages SQLite may use above the quota: only requests that free or change data (lease, ack, expunge)
 /// reach them, because growing requests are refused at the quota itself (see `writer`).
-pub fn reserve_pages(quota_bytes: u64) -> u64 {
-    (quota_bytes / PAGE_SIZE / 8).max(64)
+pub fn reserve_pages(quota_bytes: u64, page_size: u64) -> u64 {
+    (quota_bytes / page_size / 8).max(64)
+}
+
+/// The page size of an open database: [`PAGE_SIZE`] for a database created by this version, the size
+/// it was created with for an older one (SQLite cannot change it in WAL mode).
+pub fn page_size_sync(conn: &Connection) -> Result<u64, StoreError> {
+    let size: i64 = scalar_one(conn, "PRAGMA page_size", [])?;
+    Ok(u64::try_from(size).unwrap_or(PAGE_SIZE).max(512))
 }
 
 fn options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
@@ -153,7 +160,8 @@ pub fn open_writer_sync(path: &Path, quota_bytes: Option<u64>) -> Result<Connect
     migrate(&conn)?;
     conn.set_prepared_statement_cache_capacity(64);
     if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
-        let pages = (quota / PAGE_SIZE).max(16) + reserve_pages(quota);
+        let page_size = page_size_sync(&conn)?;
+        let pages = (quota / page_size).max(16) + reserve_pages(quota, page_size);
         conn.execute_batch(&format!("PRAGMA max_page_count = {pages}"))?;
     }
     Ok(conn)
@@ -280,7 +288,7 @@ pub fn meta_set_sync(conn: &Connection, key: &str, value: i64) -> Result<(), Sto
 pub fn used_bytes_sync(conn: &Connection) -> Result<u64, StoreError> {
     let pages: i64 = scalar_one(conn, "PRAGMA page_count", [])?;
     let free: i64 = scalar_one(conn, "PRAGMA freelist_count", [])?;
-    Ok((pages.saturating_sub(free)).max(0) as u64 * PAGE_SIZE)
+    Ok((pages.saturating_sub(free)).max(0) as u64 * page_size_sync(conn)?)
 }
 
 /// Opens a pool of read connections to a database the writer has already created.

@@ -240,6 +240,7 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let mut phys: Vec<PhysOp> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
+        // The store's clock (`util::now_ms`): monotonic, so batches never run before an earlier one.
         let now = now_ms();
         // Growing requests stop at the quota; the reserve above it is kept for housekeeping.
         let mut used = match self.quota {
