@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::cpu;
 use crate::edge_failover::{self, Failover};
+use crate::summary::{Goal, Row, Summary};
 
 pub const HAPROXY: &str = "127.0.0.20:2525";
 pub const SINKS: [&str; 2] = ["127.0.0.21:2525", "127.0.0.22:2525"];
@@ -268,12 +269,18 @@ struct Column {
 }
 
 /// Runs the rows and prints the tables; a missing tool skips them with the reason.
-pub async fn rows(o: &Options, workspace: &Path, dir: &Path) -> anyhow::Result<()> {
+pub async fn rows(
+    o: &Options,
+    workspace: &Path,
+    dir: &Path,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     println!();
     let config = match setup_haproxy(workspace, dir) {
         Ok(c) => c,
         Err(e) => {
             println!("redirector vs HAProxy: skipped ({e})");
+            summary.skip("edge vs HAProxy", e.to_string());
             return Ok(());
         }
     };
@@ -320,6 +327,7 @@ pub async fn rows(o: &Options, workspace: &Path, dir: &Path) -> anyhow::Result<(
         }
     }
     print_rows(o, &cols);
+    summarize(o, &cols, summary);
     let mut failovers: Vec<(System, Failover)> = Vec::new();
     for round in 0..o.failover_rounds {
         for loaded in [true, false] {
@@ -336,6 +344,7 @@ pub async fn rows(o: &Options, workspace: &Path, dir: &Path) -> anyhow::Result<(
         }
     }
     edge_failover::print(o, &failovers);
+    edge_failover::summarize(&failovers, summary);
     haproxy.kill();
     ours.kill();
     Ok(())
@@ -382,6 +391,48 @@ fn print_rows(o: &Options, cols: &[Column]) {
             p50,
             p99,
             rounds.join(" ")
+        );
+    }
+}
+
+/// The summary's rows: the redirector against HAProxy on the same backends (issue 4: throughput at
+/// least HAProxy's), and the straight path as the ceiling.
+fn summarize(o: &Options, cols: &[Column], summary: &mut Summary) {
+    let area = "edge vs HAProxy (issue 4)";
+    let [direct, haproxy, ours] = [0, 1, 2].map(|i| &cols[i]);
+    let rate = |c: &Column| o.messages as f64 / median(&c.secs).max(1e-9);
+    let at = |c: &Column, q: f64| c.latency.value_at_quantile(q) as f64 / 1000.0;
+    summary.push(
+        Row::new(
+            area,
+            "smtp-source into 2 smtp-sinks: direct to one sink",
+            "msg/s",
+        )
+        .against(rate(direct), "(no proxy)"),
+    );
+    summary.push(
+        Row::new(area, "smtp-source through fabric-redirector", "msg/s")
+            .fabric(rate(ours))
+            .against(rate(haproxy), "HAProxy")
+            .goal(Goal::RatioAtLeast(1.0)),
+    );
+    let cpu = |c: &Column| (!c.cpu_us.is_empty()).then(|| median(&c.cpu_us));
+    if let (Some(f), Some(h)) = (cpu(ours), cpu(haproxy)) {
+        summary.push(
+            Row::new(area, "proxy CPU per message", "us")
+                .fabric(f)
+                .against(h, "HAProxy"),
+        );
+    }
+    for (name, q) in [("p50", 0.5), ("p99", 0.99)] {
+        summary.push(
+            Row::new(
+                area,
+                format!("one-message session {name} through the proxy"),
+                "ms",
+            )
+            .fabric(at(ours, q))
+            .against(at(haproxy, q), "HAProxy"),
         );
     }
 }

@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
 
 use crate::edge::{self, Options, Proc, SINKS, System};
+use crate::summary::{Goal, Row, Summary};
 
 /// One failover round.
 #[derive(Debug, Clone, Default)]
@@ -170,4 +171,63 @@ pub fn print(o: &Options, rounds: &[(System, Failover)]) {
             f.failed_new
         );
     }
+}
+
+/// The summary's failover rows, redirector against HAProxy: time to mark a killed backend down
+/// (issue 4: under 0.5 s), loaded and idle, back up after its restart, and failed sessions (none that
+/// started after the kill). Times are medians over the rounds; `never` if no round saw it happen.
+pub fn summarize(rounds: &[(System, Failover)], summary: &mut Summary) {
+    if rounds.is_empty() {
+        return;
+    }
+    let area = "edge vs HAProxy (issue 4)";
+    let of = |s: System, loaded: Option<bool>| -> Vec<&Failover> {
+        rounds
+            .iter()
+            .filter(|(sys, f)| *sys == s && loaded.is_none_or(|l| f.loaded == l))
+            .map(|(_, f)| f)
+            .collect()
+    };
+    let median_of = |v: Vec<f64>| (!v.is_empty()).then(|| edge::median(&v));
+    let time = |s: System, loaded: Option<bool>, pick: fn(&Failover) -> Option<f64>| {
+        median_of(of(s, loaded).into_iter().filter_map(pick).collect())
+    };
+    for (loaded, label) in [(true, "under load"), (false, "idle")] {
+        let f = time(System::Redirector, Some(loaded), |f| f.down_s);
+        let h = time(System::Haproxy, Some(loaded), |f| f.down_s);
+        let mut row = Row::new(area, format!("killed backend marked down, {label}"), "s").fabric(f);
+        if let Some(h) = h {
+            row = row.against(h, "HAProxy");
+        }
+        summary.push(row.goal(Goal::AtMost(0.5)));
+    }
+    let f = time(System::Redirector, None, |f| f.up_s);
+    let h = time(System::Haproxy, None, |f| f.up_s);
+    let mut row = Row::new(area, "restarted backend marked up", "s").fabric(f);
+    if let Some(h) = h {
+        row = row.against(h, "HAProxy");
+    }
+    summary.push(row);
+    let sum = |s: System, pick: fn(&Failover) -> u64| -> f64 {
+        of(s, None).into_iter().map(pick).sum::<u64>() as f64
+    };
+    summary.push(
+        Row::new(
+            area,
+            "sessions failed that started after the kill",
+            "sessions",
+        )
+        .fabric(sum(System::Redirector, |f| f.failed_new))
+        .against(sum(System::Haproxy, |f| f.failed_new), "HAProxy")
+        .goal(Goal::AtMost(0.0)),
+    );
+    summary.push(
+        Row::new(
+            area,
+            "sessions failed in flight on the killed backend",
+            "sessions",
+        )
+        .fabric(sum(System::Redirector, |f| f.failed_in_flight))
+        .against(sum(System::Haproxy, |f| f.failed_in_flight), "HAProxy"),
+    );
 }

@@ -14,6 +14,7 @@ use hdrhistogram::Histogram;
 use smtp::client::{self, Outcome};
 
 use crate::Sample;
+use crate::summary::{Goal, Row, Summary};
 
 /// `messages` transactions over `sessions` concurrent senders to `target`.
 pub async fn round(
@@ -90,6 +91,7 @@ pub async fn rows(
     rounds: usize,
     messages: usize,
     senders: &[usize],
+    summary: &mut Summary,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     use topology::Role;
@@ -104,6 +106,10 @@ pub async fn rows(
         .find(|r| t.acl_allows("internet", "smtp") && r.ports.contains_key("smtp"))
     else {
         println!("\nedge overhead: skipped (the topology has no Internet router forwarding SMTP)");
+        summary.skip(
+            "edge overhead",
+            "the topology has no Internet router forwarding SMTP",
+        );
         return Ok(());
     };
     let user = "ann@acme.example";
@@ -121,7 +127,7 @@ pub async fn rows(
     let via = router.service_addr("smtp").context("smtp port")?;
     let body = Arc::new(message());
     for &sessions in senders {
-        compare(
+        let (straight, edge) = compare(
             mx,
             router,
             direct,
@@ -133,11 +139,30 @@ pub async fn rows(
             body.clone(),
         )
         .await?;
+        let area = "edge overhead (issue 4)";
+        let path = format!("through {} + redirector, {sessions} senders", router.name);
+        let what = format!("straight to {}", mx.name);
+        summary.push(
+            Row::new(area, format!("{path}: rate"), "msg/s")
+                .fabric(edge.per_second)
+                .against(straight.per_second, &what),
+        );
+        summary.push(
+            Row::new(area, format!("{path}: session p50"), "ms")
+                .fabric(edge.p50_ms)
+                .against(straight.p50_ms, &what),
+        );
+        summary.push(
+            Row::new(area, format!("{path}: session p99"), "ms")
+                .fabric(edge.p99_ms)
+                .against(straight.p99_ms, &what)
+                .goal(Goal::RatioBelow(1.15)),
+        );
     }
     Ok(())
 }
 
-/// One pair of rows (straight, through the edge) at one sender count.
+/// One pair of rows (straight, through the edge) at one sender count; their medians.
 #[allow(clippy::too_many_arguments)]
 async fn compare(
     mx: &topology::Node,
@@ -149,7 +174,7 @@ async fn compare(
     messages: usize,
     sessions: usize,
     body: Arc<Vec<u8>>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Sample, Sample)> {
     // Warm both paths (connections to the stores, health state of the redirector).
     round(direct, user, sessions, sessions, body.clone()).await?;
     round(via, user, sessions, sessions, body.clone()).await?;
@@ -191,5 +216,5 @@ async fn compare(
         d.per_second / e.per_second.max(1e-9),
         e.p99_ms / d.p99_ms.max(1e-9)
     );
-    Ok(())
+    Ok((d, e))
 }

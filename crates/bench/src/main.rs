@@ -1,7 +1,10 @@
 //! `fabric-bench` (`make bench`): how many mirrored 4 KiB writes per second the store acknowledges at
 //! concurrency 1, 16 and 64, beside what the same disk does with plain append+fsync by 1 and by 20
 //! writers. Every configuration runs once per round, rounds interleave them (so a noisy neighbour
-//! hurts all alike), and the table reports each configuration's median round.
+//! hurts all alike), and the table reports each configuration's median round. Then the SMTP, reading,
+//! edge and continuity parts, each printing its detailed table; at the end one summary table of every
+//! row of the run (`summary`), which `--write-docs` puts into `docs/benchmarks.md` under a header naming
+//! the date, the commit, the command and the machine (`machine`, `others`, `report`).
 
 mod continuity;
 mod cpu;
@@ -10,14 +13,19 @@ mod edge_failover;
 mod edge_overhead;
 mod internals;
 mod lean_http;
+mod machine;
+mod others;
 mod raw;
 mod read_load;
 mod reading;
+mod report;
 mod smtp_load;
 mod store_load;
+mod summary;
+mod tables;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -25,6 +33,7 @@ use fabric::{Launcher, SpawnOptions, find_bin_dir};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use store_client::StoreClient;
+use summary::{Goal, Row as SummaryRow, Summary};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +121,14 @@ struct Args {
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Write the run's summary table, with the date, commit, command and machine, into this file
+    /// between `<!-- bench:latest:begin -->` and `<!-- bench:latest:end -->` (`make bench` passes
+    /// docs/benchmarks.md; without it no file is touched).
+    #[arg(long, value_name = "PATH")]
+    write_docs: Option<PathBuf>,
+    /// A line for the docs' header, e.g. what else ran on the machine that the bench cannot see.
+    #[arg(long)]
+    note: Option<String>,
 }
 
 /// One measurement.
@@ -150,7 +167,13 @@ fn median(samples: &[Sample]) -> Sample {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let duration = Duration::from_secs_f64(args.seconds);
+    if let Some(path) = &args.write_docs {
+        report::check(path)?;
+    }
+    let started = machine::now_unix();
+    // The commit measured is the one at the start (the checkout may move during a long run).
+    let commit = machine::git_commit();
+    let (clock, before) = (Instant::now(), others::snapshot());
     let base = args
         .data_dir
         .clone()
@@ -159,8 +182,53 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("bench-")
         .tempdir_in(&base)?;
+    let mut summary = Summary::default();
+    if let Err(e) = measure(&args, work.path(), &mut summary).await {
+        // What was measured before the failure is still worth seeing (not worth writing into the
+        // docs), and the nodes' logs say why it failed.
+        if !summary.rows.is_empty() {
+            println!("\nMeasured before the failure:\n{}", summary.render());
+        }
+        let kept = work.keep();
+        eprintln!(
+            "the run's directory (the nodes' logs under fabric/logs) is kept: {}",
+            kept.display()
+        );
+        return Err(e);
+    }
+
+    let seconds = clock.elapsed().as_secs_f64();
+    let machine = machine::Machine::describe(work.path());
+    let others = others::other_work(&before, &others::snapshot(), std::process::id());
+    let cpus = machine.nproc.unwrap_or(machine.cpu.count);
+    let info = report::RunInfo {
+        started_unix: started,
+        seconds,
+        commit,
+        command: machine::command_line(),
+        machine: machine.line(),
+        others: others::describe(&others, cpus, seconds),
+        note: args.note.clone(),
+    };
+    let section = report::section(&info, &summary);
+    println!();
+    print!("{section}");
+    if let Some(path) = &args.write_docs {
+        report::write(path, &section)?;
+        println!("\n(written to {})", path.display());
+    }
+    Ok(())
+}
+
+/// Every part the options ask for, each printing its own tables and adding its rows to `summary`.
+async fn measure(args: &Args, work: &std::path::Path, summary: &mut Summary) -> anyhow::Result<()> {
+    let duration = Duration::from_secs_f64(args.seconds);
     if args.only_edge {
-        return edge_rows(&args, work.path()).await;
+        summary.skip(
+            "store, SMTP, reading, edge overhead and continuity",
+            "--only-edge",
+        );
+        return edge_rows(args, work, summary).await;
     }
 
     // The fabric, as `fabric up` runs it, on ports of its own.
@@ -172,9 +240,9 @@ async fn main() -> anyhow::Result<()> {
     // production 30 s keep the run short without changing what is measured.
     topology.timing.relay_retry = Duration::from_secs(5);
     topology.timing.standby_attempts = 3;
-    let topo_file = work.path().join("topology.toml");
+    let topo_file = work.join("topology.toml");
     std::fs::write(&topo_file, topology.to_toml()?)?;
-    let launcher = Launcher::new(&topo_file, &work.path().join("fabric"), &find_bin_dir())?;
+    let launcher = Launcher::new(&topo_file, &work.join("fabric"), &find_bin_dir())?;
     let mut children = Vec::new();
     for node in &launcher.topology.nodes {
         let child = launcher.spawn(
@@ -202,11 +270,11 @@ async fn main() -> anyhow::Result<()> {
     let result = if args.only_continuity {
         wait_all_ready(&launcher).await
     } else {
-        run(&args, &launcher, &stores, work.path(), duration).await
+        run(args, &launcher, &stores, work, duration, summary).await
     };
     let result = match result {
         Ok(()) if !args.no_read && !args.only_continuity => {
-            reading::rows(&args, &launcher, work.path(), &pids).await
+            reading::rows(args, &launcher, work, &pids, summary).await
         }
         other => other,
     };
@@ -217,6 +285,7 @@ async fn main() -> anyhow::Result<()> {
                 args.edge_rounds,
                 args.edge_overhead_messages,
                 &args.edge_overhead_senders,
+                summary,
             )
             .await
         }
@@ -224,7 +293,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let result = match result {
         Ok(()) if !args.no_continuity => {
-            continuity::rows(&launcher, &topo_file, &mut children).await
+            // A continuity round that does not finish is a finding, not a reason to lose the run's
+            // other rows: the table names it where the rows would be.
+            match continuity::rows(&launcher, &topo_file, &mut children, summary).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("continuity did not finish: {e:#}");
+                    summary.skip("continuity", format!("did not finish: {e}"));
+                    Ok(())
+                }
+            }
         }
         other => other,
     };
@@ -233,14 +311,34 @@ async fn main() -> anyhow::Result<()> {
         let _ = child.wait();
     }
     result?;
+    for (skipped, part, flag) in [
+        (args.no_read, "reading vs Dovecot", "--no-read"),
+        (
+            args.no_edge,
+            "edge overhead and edge vs HAProxy",
+            "--no-edge",
+        ),
+        (args.no_continuity, "continuity", "--no-continuity"),
+    ] {
+        if skipped && !args.only_continuity {
+            summary.skip(part, flag);
+        }
+    }
+    if args.only_continuity {
+        summary.skip("store, SMTP, reading and edge", "--only-continuity");
+    }
     if args.no_edge || args.only_continuity {
         return Ok(());
     }
-    edge_rows(&args, work.path()).await
+    edge_rows(args, work, summary).await
 }
 
 /// The redirector vs HAProxy rows (they need no fabric: smtp-sink backends).
-async fn edge_rows(args: &Args, work: &std::path::Path) -> anyhow::Result<()> {
+async fn edge_rows(
+    args: &Args,
+    work: &std::path::Path,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
     let options = edge::Options {
         rounds: args.edge_rounds,
         messages: args.edge_messages,
@@ -250,7 +348,7 @@ async fn edge_rows(args: &Args, work: &std::path::Path) -> anyhow::Result<()> {
     };
     let dir = work.join("edge");
     std::fs::create_dir_all(&dir)?;
-    edge::rows(&options, &std::env::current_dir()?, &dir).await
+    edge::rows(&options, &std::env::current_dir()?, &dir, summary).await
 }
 
 async fn wait_all_ready(launcher: &Launcher) -> anyhow::Result<()> {
@@ -268,6 +366,7 @@ async fn run(
     stores: &cpu::Watch,
     dir: &std::path::Path,
     duration: Duration,
+    summary: &mut Summary,
 ) -> anyhow::Result<()> {
     wait_all_ready(launcher).await?;
     let node = launcher.node(&args.store)?;
@@ -375,10 +474,27 @@ async fn run(
     for row in &mut rows {
         row.median = median(&row.rounds);
     }
-    print_table(args, &rows);
-    print_cpu_table(args, &cpu_rows);
-    if let Some((_, _, mx, _, _)) = &smtp {
-        print_smtp_table(args, mx, &smtp_rows);
+    tables::print_store(args, &rows);
+    tables::print_cpu(args, &cpu_rows);
+    tables::summarize_store(args, &rows, &cpu_rows, summary);
+    match &smtp {
+        Some((_, _, mx, _, _)) => {
+            let [fabric, postfix] = tables::print_smtp(args, mx, &smtp_rows);
+            let area = "SMTP vs Postfix (issue 3)";
+            for (what, f, p) in [
+                ("accepted (250)", fabric.0, postfix.0),
+                ("end to end (in the mailbox)", fabric.1, postfix.1),
+            ] {
+                summary.push(
+                    SummaryRow::new(area, format!("smtp-source into {mx}: {what}"), "msg/s")
+                        .fabric(f)
+                        .against(p, "Postfix")
+                        .goal(Goal::RatioAtLeast(1.5)),
+                );
+            }
+        }
+        None if args.no_smtp => summary.skip("SMTP vs Postfix", "--no-smtp"),
+        None => summary.skip("SMTP vs Postfix", "smtp-source missing under CI"),
     }
     println!();
     println!("store internals over the whole run (from /metrics):");
@@ -391,95 +507,6 @@ async fn run(
     Ok(())
 }
 
-fn print_table(args: &Args, rows: &[Row]) {
-    let reference = args
-        .raw_writers
-        .iter()
-        .position(|w| *w == 20)
-        .or(Some(args.raw_writers.len().saturating_sub(1)))
-        .and_then(|i| rows.get(i))
-        .map(|r| (r.name.clone(), r.median.per_second));
-    println!();
-    println!(
-        "{} rounds x {}s each, interleaved; medians. Store: {} acking only after its other-site mirror fsynced.",
-        args.rounds, args.seconds, args.store
-    );
-    println!(
-        "{:<44} {:>10} {:>9} {:>9} {:>10}  rounds (writes/s)",
-        "measurement", "writes/s", "p50 ms", "p99 ms", "vs raw@20"
-    );
-    for row in rows {
-        let ratio = reference
-            .as_ref()
-            .map(|(_, r)| format!("{:.2}", row.median.per_second / r))
-            .unwrap_or_default();
-        let all: Vec<String> = row
-            .rounds
-            .iter()
-            .map(|s| format!("{:.0}", s.per_second))
-            .collect();
-        println!(
-            "{:<44} {:>10.0} {:>9.3} {:>9.3} {:>10}  {}",
-            row.name,
-            row.median.per_second,
-            row.median.p50_ms,
-            row.median.p99_ms,
-            ratio,
-            all.join(" ")
-        );
-    }
-}
-
-/// CPU time per mirrored write, per store row: the median round (by total) of each column.
-fn print_cpu_table(args: &Args, rows: &[Vec<cpu::PerWrite>]) {
-    let names: Vec<String> = rows
-        .first()
-        .and_then(|r| r.first())
-        .map(|p| p.by_store_us.keys().cloned().collect())
-        .unwrap_or_default();
-    println!();
-    println!(
-        "CPU per mirrored write (us, user+system from /proc; medians of {} rounds): all stores + the bench's client",
-        args.rounds
-    );
-    let header: Vec<String> = names.iter().map(|n| format!("{n:>9}")).collect();
-    println!(
-        "{:<44} {:>8} {:>8} {}  {:>8}  rounds (total)",
-        "measurement",
-        "total",
-        "stores",
-        header.join(" "),
-        "client"
-    );
-    for (c, samples) in args.concurrency.iter().zip(rows) {
-        let col = |f: &dyn Fn(&cpu::PerWrite) -> f64| {
-            median_of(&samples.iter().map(f).collect::<Vec<_>>())
-        };
-        let per_store: Vec<String> = names
-            .iter()
-            .map(|n| {
-                format!(
-                    "{:>9.1}",
-                    col(&|p| p.by_store_us.get(n).copied().unwrap_or(0.0))
-                )
-            })
-            .collect();
-        let all: Vec<String> = samples
-            .iter()
-            .map(|p| format!("{:.0}", p.total_us()))
-            .collect();
-        println!(
-            "{:<44} {:>8.1} {:>8.1} {}  {:>8.1}  {}",
-            format!("store enqueue, mirrored, concurrency {c}"),
-            col(&|p| p.total_us()),
-            col(&|p| p.stores_us),
-            per_store.join(" "),
-            col(&|p| p.client_us),
-            all.join(" ")
-        );
-    }
-}
-
 /// A valid argon2 PHC string for the bench's mailbox (nobody logs in with it).
 const BENCH_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2P1Q3tZrGJ2nVhC/6Q6zH7JgN2i0pZ6bq0m1bJ3JwH8";
 
@@ -487,48 +514,4 @@ fn median_of(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
-fn print_smtp_table(args: &Args, mx: &str, rows: &[Vec<smtp_load::SmtpSample>; 2]) {
-    println!();
-    println!(
-        "SMTP: smtp-source -s {} -m {} -l 4096 per round, {} rounds interleaved; medians (msg/s).",
-        args.smtp_sessions, args.smtp_messages, args.rounds
-    );
-    println!(
-        "{:<58} {:>10} {:>12}  rounds accept / end-to-end",
-        "system", "accept", "end-to-end"
-    );
-    let names = [
-        format!("fabric {mx} (250 after fsync on 2 stores) -> mailbox"),
-        "postfix (queue file fsynced before 250) -> Maildir".to_string(),
-    ];
-    let mut medians = [(0.0, 0.0); 2];
-    for (i, name) in names.iter().enumerate() {
-        let acc: Vec<f64> = rows[i].iter().map(|s| s.accept_per_s).collect();
-        let e2e: Vec<f64> = rows[i].iter().map(|s| s.e2e_per_s).collect();
-        medians[i] = (median_of(&acc), median_of(&e2e));
-        let fmt = |v: &[f64]| {
-            v.iter()
-                .map(|x| format!("{x:.0}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        println!(
-            "{:<58} {:>10.0} {:>12.0}  {} / {}",
-            name,
-            medians[i].0,
-            medians[i].1,
-            fmt(&acc),
-            fmt(&e2e)
-        );
-    }
-    if medians[1].0 > 0.0 && medians[1].1 > 0.0 {
-        println!(
-            "{:<58} {:>9.2}x {:>11.2}x  (goal: 1.5x both)",
-            "fabric / postfix",
-            medians[0].0 / medians[1].0,
-            medians[0].1 / medians[1].1
-        );
-    }
 }

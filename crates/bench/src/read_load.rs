@@ -257,13 +257,23 @@ pub async fn run(
     }))
 }
 
-/// Prints the reading table: per mode, each system's median rate and CPU per unit.
+/// One mode's medians: the fabric's (index 0) and Dovecot's (1).
+#[derive(Debug, Clone)]
+pub struct ModeMedians {
+    pub mode: String,
+    pub rate: [f64; 2],
+    pub cpu_us: [f64; 2],
+}
+
+/// Prints the reading table: per mode, each system's median rate and CPU per unit; returns the
+/// medians of the modes both systems ran.
 pub fn print_table(
     targets: &[Target; 2],
     rows: &BTreeMap<&str, [Vec<ReadSample>; 2]>,
     rounds: usize,
     workers: usize,
-) {
+) -> Vec<ModeMedians> {
+    let mut medians = Vec::new();
     fn med(v: &mut [f64]) -> f64 {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -293,6 +303,11 @@ pub fn print_table(
             );
             continue;
         }
+        medians.push(ModeMedians {
+            mode: mode.to_string(),
+            rate,
+            cpu_us: cpu,
+        });
         let ratio = |a: f64, b: f64| {
             if b > 0.0 {
                 format!("{:.2}x", a / b)
@@ -318,4 +333,5 @@ pub fn print_table(
          fabric rate >= dovecot, fabric cpu < dovecot)",
         targets[0].name, targets[1].name
     );
+    medians
 }

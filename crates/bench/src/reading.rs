@@ -12,6 +12,7 @@ use topology::Role;
 
 use crate::Args;
 use crate::read_load::{self, MODES, ReadSample, Target};
+use crate::summary::{Goal, Row, Summary};
 
 fn client(node: &topology::Node) -> anyhow::Result<StoreClient> {
     let addr = node
@@ -25,6 +26,7 @@ pub async fn rows(
     launcher: &Launcher,
     dir: &Path,
     pids: &BTreeMap<String, u32>,
+    summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let t = &launcher.topology;
     let sample_user = read_load::user(0);
@@ -93,7 +95,32 @@ pub async fn rows(
                 }
             }
         }
-        read_load::print_table(&targets, &rows, args.rounds, args.read_workers);
+        let medians = read_load::print_table(&targets, &rows, args.rounds, args.read_workers);
+        // Issue 3: at least Dovecot's throughput, and less server CPU per unit.
+        let area = "reading vs Dovecot (issue 3)";
+        for m in medians {
+            let unit = if m.mode == "imap-login" {
+                "logins"
+            } else {
+                "msg"
+            };
+            summary.push(
+                Row::new(area, format!("{} rate", m.mode), &format!("{unit}/s"))
+                    .fabric(m.rate[0])
+                    .against(m.rate[1], "Dovecot")
+                    .goal(Goal::RatioAtLeast(1.0)),
+            );
+            summary.push(
+                Row::new(
+                    area,
+                    format!("{} server CPU", m.mode),
+                    &format!("us/{}", unit.trim_end_matches('s')),
+                )
+                .fabric(m.cpu_us[0])
+                .against(m.cpu_us[1], "Dovecot")
+                .goal(Goal::RatioBelow(1.0)),
+            );
+        }
         anyhow::Ok(())
     }
     .await;
