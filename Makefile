@@ -1,4 +1,4 @@
-.PHONY: run test build bench promtool tools down status chaos docker compose-up compose-down test-docker
+.PHONY: run test build bench promtool tools down status chaos chaos-docker docker compose-up compose-down test-docker
 CARGO ?= cargo
 TOPOLOGY ?= topology/two-site.toml
 export FABRIC_DATA_DIR ?= $(CURDIR)/var
@@ -26,10 +26,13 @@ promtool: tools
 test: tools build
 	$(CARGO) nextest run --workspace --no-tests=pass
 
-# Raw fsync rate of this disk beside the store's mirrored write rate, in one interleaved run.
+# Every benchmark in one interleaved run (the raw fsync rate of this disk beside the store's mirrored
+# write rate, SMTP vs Postfix, reading vs Dovecot, the edge vs HAProxy, continuity); the run's summary
+# table, with its date, commit and machine, replaces the section between the bench:latest markers of
+# docs/benchmarks.md. BENCH_ARGS='--rounds 3 --note "..."' to shorten it or annotate the header.
 bench:
 	$(CARGO) build --release --workspace --bins
-	target/release/fabric-bench $(BENCH_ARGS)
+	target/release/fabric-bench $(BENCH_ARGS) --write-docs docs/benchmarks.md
 
 # A seeded fault campaign (`fabric chaos`, docs/operations.md) against a fabric of its own on loopback,
 # in a fresh CHAOS_DATA (kept until the next run: nodes' logs and record.json). Stop `make run` first
@@ -40,6 +43,11 @@ CHAOS_ARGS ?= --messages 1000 --faults 10 --duration 120
 chaos: build
 	rm -rf $(CHAOS_DATA)
 	target/debug/fabric --data-dir $(CHAOS_DATA) chaos $(TOPOLOGY) --record $(CHAOS_DATA)/record.json $(CHAOS_ARGS)
+
+# The same campaign against the compose deployment (make compose-up first, or this deploys it): faults
+# through the Docker Engine, partitions included. make chaos-docker CHAOS_ARGS="--messages 5000 ..."
+chaos-docker: compose-up
+	target/debug/fabric --data-dir docker/var chaos --docker mailfabric --record docker/var/chaos.json $(CHAOS_ARGS)
 
 # --- docker: one image FROM scratch (nothing is pulled), the compose deployment, its test ---
 PROFILE ?= debug
@@ -52,8 +60,8 @@ docker:
 	docker/build-image.sh $(PROFILE)
 
 # The default two-site fabric as containers (project mailfabric); zones are internal networks.
-compose-up: build
-	target/debug/fabric compose $(TOPOLOGY) -o docker/compose.yaml
+compose-up: docker
+	target/debug/fabric compose $(TOPOLOGY) -o docker/compose.yaml --project mailfabric
 	$(COMPOSE) -p mailfabric -f docker/compose.yaml up -d
 	@echo "operate it with: target/debug/fabric --data-dir docker/var user add|send|trace|queue ..."
 

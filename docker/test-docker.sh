@@ -7,6 +7,10 @@
 #     the zone's access list refuses gets no path through the network (fabric-probe connect --expect
 #     blocked: no route, or dropped by docker's isolation rules on the host, never an answer), every
 #     flow it allows is open
+#  4. standby containers: inet-mx-w1 killed, supervisor-e starts a container at its addresses (mail
+#     flows through it), a killed supervisor adopts it, fail-back; a node cut off from the supervisor
+#     by a partition but healthy in its container gets no standby
+#  5. a seeded `fabric chaos --docker` campaign (CHAOS_DOCKER_ARGS): exits non-zero on loss or duplicate
 # Everything is torn down on exit, failure included. Needs the image (make docker) and target/debug/fabric.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,14 +32,42 @@ cleanup() {
     fi
     say "tearing down"
     [ -f "$dir/compose.yaml" ] && dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
+    docker network rm "$blocker" >/dev/null 2>&1 || true
     exit $rc
 }
 trap cleanup EXIT
 
+# Leftovers of an earlier run that could not tear down (its compose file is gone with $dir).
+leftovers=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
+[ -z "$leftovers" ] || docker rm -f $leftovers >/dev/null
+leftovers=$(docker network ls -q --filter "label=com.docker.compose.project=$project")
+[ -z "$leftovers" ] || docker network rm $leftovers >/dev/null
 rm -rf "$dir"
-"$fabric" compose "$topology" -o "$dir/compose.yaml" --image "$image"
-say "up"
-dc up -d --quiet-pull 2>&1 | tail -n 3
+
+# A network of someone else's on part of lan-west's mapped place (10.1.0.0/16): docker refuses an
+# overlapping network ("Pool overlaps"), so `fabric compose` must move lan-west to a free block.
+blocker=mailfabric-test-blocker
+docker network rm "$blocker" >/dev/null 2>&1 || true
+docker network create --internal --subnet 10.1.250.0/24 "$blocker" >/dev/null \
+    || say "10.1.250.0/24 is already in use on this host (lan-west must move all the same)"
+# Another run on this engine may create an overlapping network between our look and our `up`:
+# look again and retry.
+for try in 1 2 3; do
+    "$fabric" compose "$topology" -o "$dir/compose.yaml" --image "$image" --project "$project"
+    say "up (try $try)"
+    if dc up -d --quiet-pull > "$dir/up.log" 2>&1; then
+        tail -n 3 "$dir/up.log"; break
+    fi
+    cat "$dir/up.log" >&2
+    grep -q "Pool overlaps" "$dir/up.log" && [ "$try" -lt 3 ] || exit 1
+    dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
+done
+python3 - "$dir/topology.toml" <<'PY'
+import ipaddress, sys, tomllib
+zones = {z["name"]: ipaddress.ip_network(z["cidr"]) for z in tomllib.load(open(sys.argv[1], "rb"))["zone"]}
+assert not zones["lan-west"].overlaps(ipaddress.ip_network("10.1.250.0/24")), zones
+print(f"  lan-west is {zones['lan-west']} (its mapped place 10.1.0.0/16 is in use)")
+PY
 
 say "waiting for every container to be healthy"
 deadline=$(( $(date +%s) + 150 ))
@@ -108,8 +140,8 @@ PY
 
 for zone in internet isolated; do
     net="${project}_${zone}"
-    refused=$("$fabric" compose "$topology" --flows "$zone" | awk '$1=="refused"{print $3}')
-    allowed=$("$fabric" compose "$topology" --flows "$zone" | awk '$1=="allowed"{print $3}')
+    refused=$("$fabric" compose "$topology" --project "$project" --flows "$zone" | awk '$1=="refused"{print $3}')
+    allowed=$("$fabric" compose "$topology" --project "$project" --flows "$zone" | awk '$1=="allowed"{print $3}')
     say "$zone: $(echo "$refused" | wc -l) refused flows must have no path, $(echo "$allowed" | wc -l) allowed ones must be open"
     docker run --rm --network "$net" "$image" fabric-probe connect --expect blocked $refused \
         > "$dir/flows-$zone.txt" || { grep UNEXPECTED "$dir/flows-$zone.txt" >&2; say "$zone: a refused flow is reachable"; exit 1; }
@@ -117,4 +149,46 @@ for zone in internet isolated; do
         >> "$dir/flows-$zone.txt" || { grep UNEXPECTED "$dir/flows-$zone.txt" >&2; say "$zone: an allowed flow is closed"; exit 1; }
     head -n 3 "$dir/flows-$zone.txt" | sed 's/^/  /'
 done
+
+# --- standby containers (the supervisor through the Docker Engine API) ---
+ctr() { docker ps -aq --filter "label=com.docker.compose.project=$project" --filter "label=com.docker.compose.service=$1"; }
+token=$(awk -F'"' '/^operator_token/{print $2; exit}' "$dir/topology.toml")
+sup_e=$(awk '/name = "supervisor-e"/{f=1} f&&/^address/{print $3; exit}' "$dir/topology.toml" | tr -d '"')
+mx_w1=$(awk '/name = "inet-mx-w1"/{f=1} f&&/^address/{print $3; exit}' "$dir/topology.toml" | tr -d '"')
+say "standby: docker kill inet-mx-w1, supervisor-e stands in with a container at $mx_w1"
+docker kill "$(ctr inet-mx-w1)" >/dev/null
+answer=$(curl -sf -XPOST "http://$sup_e:7300/v1/standby" -H 'content-type: application/json' \
+    -d '{"node": "inet-mx-w1", "reason": "make test-docker"}')
+echo "  $answer"
+echo "$answer" | grep -q '"state":"serving"' || { say "no standby serving inet-mx-w1"; exit 1; }
+standby=$(docker ps -q --filter "label=mailfabric.standby-for=inet-mx-w1" --filter "label=mailfabric.standby-by=supervisor-e")
+[ -n "$standby" ] || { say "no standby container runs"; exit 1; }
+python3 - "$mx_w1" <<'PY'
+import socket, sys
+greeting = socket.create_connection((sys.argv[1], 2525), 5).recv(200)
+assert greeting.startswith(b"220 inet-mx-w1"), greeting
+print("  the standby greets at inet-mx-w1's address:", greeting.decode().strip())
+PY
+"$fabric" send --from me@remote.example --to ann@acme.example --subject "docker standby" >/dev/null
+say "a killed supervisor adopts its standby container when it comes back"
+docker kill "$(ctr supervisor-e)" >/dev/null; docker start "$(ctr supervisor-e)" >/dev/null
+for _ in $(seq 50); do curl -sf "http://$sup_e:7300/v1/standby" 2>/dev/null | grep -q '"node":"inet-mx-w1"' && break; sleep 0.2; done
+curl -sf "http://$sup_e:7300/v1/standby" | grep -q "\"container\":\"$standby" || { say "not adopted"; exit 1; }
+say "fail-back: the supervisor retires its standby container, the original starts"
+curl -sf -XDELETE -H "authorization: Bearer $token" "http://$sup_e:7300/v1/standby/inet-mx-w1" | sed 's/^/  /'; echo
+[ -z "$(docker ps -aq --filter label=mailfabric.standby-for=inet-mx-w1)" ] || { say "the standby container is still there"; exit 1; }
+docker start "$(ctr inet-mx-w1)" >/dev/null
+say "a partition is not a death: supervisor-e loses its leg on lan-west and is asked for intranet-w2"
+sup_e_west=$(docker inspect -f "{{(index .NetworkSettings.Networks \"${project}_lan-west\").IPAddress}}" "$(ctr supervisor-e)")
+docker network disconnect "${project}_lan-west" "$(ctr supervisor-e)"
+answer=$(curl -sf -XPOST "http://$sup_e:7300/v1/standby" -H 'content-type: application/json' -d '{"node": "intranet-w2"}')
+docker network connect --ip "$sup_e_west" "${project}_lan-west" "$(ctr supervisor-e)"
+echo "  $answer"
+echo "$answer" | grep -q '"state":"cut-off"' || { say "a healthy, unreachable node got a standby"; exit 1; }
+[ "$(docker inspect -f '{{.State.Running}}' "$(ctr intranet-w2)")" = true ] || { say "intranet-w2 was fenced"; exit 1; }
+
+# --- a seeded chaos campaign against the containers (kills, pauses, restarts, a site down, partitions) ---
+say "chaos campaign on docker"
+"$fabric" --data-dir "$dir/var" chaos --docker "$project" --record "$dir/chaos.json" ${CHAOS_DOCKER_ARGS:---seed 20261123 --messages 300 --faults 8 --duration 100} \
+    2> "$dir/chaos.log" | tee "$dir/chaos.txt" | sed 's/^/  /'
 say "PASS"

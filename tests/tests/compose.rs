@@ -46,6 +46,71 @@ fn zones_become_internal_networks_with_mapped_subnets() {
 }
 
 #[test]
+fn a_zone_whose_subnet_is_in_use_moves_to_a_free_block_and_its_nodes_keep_their_offsets() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../topology/two-site.toml");
+    let topology = Topology::load(&file).expect("two-site topology");
+    let mapped = compose::plan(&topology).expect("plan");
+    // Another network holds part of lan-west's place, and a host route the next /16 (10.3/16 is
+    // where lan-west would go next, so it goes one further).
+    let taken: Vec<ipnet::Ipv4Net> = ["10.1.128.0/24", "10.3.0.0/16"]
+        .iter()
+        .map(|s| s.parse().expect("subnet"))
+        .collect();
+    let moved = compose::plan_avoiding(&topology, &taken).expect("plan avoiding");
+    let subnet = |d: &Deployment, zone: &str| d.network(zone).expect("zone").subnet.to_string();
+    assert_eq!(subnet(&moved, "lan-west"), "10.4.0.0/16");
+    for zone in ["internet", "isolated", "lan-east"] {
+        assert_eq!(subnet(&moved, zone), subnet(&mapped, zone), "{zone} stays");
+    }
+    for n in &moved.networks {
+        for t in &taken {
+            assert!(
+                !n.subnet.contains(&t.network()) && !t.contains(&n.subnet.network()),
+                "{} overlaps {t}",
+                n.name
+            );
+        }
+        assert!(n.subnet.contains(&n.gateway), "{}: gateway inside", n.name);
+    }
+    // Every container keeps its host offset on the moved network, and the docker topology says so.
+    let west = moved.network("lan-west").expect("lan-west").subnet;
+    let old = mapped.network("lan-west").expect("lan-west").subnet;
+    let mut on_west = 0;
+    for (m, o) in moved.services.iter().zip(&mapped.services) {
+        assert_eq!(m.node, o.node);
+        let (a, b) = (m.addresses["lan-west"], o.addresses["lan-west"]);
+        assert!(west.contains(&a), "{}: {a} on {west}", m.node);
+        assert_eq!(
+            u32::from(a) - u32::from(west.network()),
+            u32::from(b) - u32::from(old.network())
+        );
+        on_west += 1;
+    }
+    assert_eq!(
+        on_west,
+        moved.services.len(),
+        "every node has a leg on lan-west"
+    );
+    let node = moved.topology.node("inet-mx-w1").expect("inet-mx-w1");
+    assert_eq!(node.address, ip("10.4.10.11"));
+    let zone = moved
+        .topology
+        .zones
+        .iter()
+        .find(|z| z.name == "lan-west")
+        .expect("zone");
+    assert_eq!(zone.cidr, west);
+
+    // Nothing free at all: a clear error naming the zone.
+    let everything: Vec<ipnet::Ipv4Net> = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        .iter()
+        .map(|s| s.parse().expect("subnet"))
+        .collect();
+    let err = compose::plan_avoiding(&topology, &everything).expect_err("no room");
+    assert!(err.to_string().contains("zone \"internet\""), "{err}");
+}
+
+#[test]
 fn only_the_nodes_the_dns_names_sit_in_a_zone_and_routers_alone_in_the_isolated_one() {
     let d = two_site();
     let zones: Vec<&str> = d
@@ -192,4 +257,20 @@ fn the_compose_file_has_a_service_per_node_with_health_checks_and_store_volumes(
     assert!(yaml.contains("\"http://10.1.10.2:9180/health\"]"));
     assert!(yaml.contains("      lan-west:\n        ipv4_address: 10.1.0.11\n"));
     assert!(yaml.contains("  store-e2: {}\n"));
+    // The supervisors (and only they) start standby containers through the engine's socket.
+    let supervisors = d
+        .services
+        .iter()
+        .filter(|s| s.role == Role::Supervisor)
+        .count();
+    assert_eq!(supervisors, 2);
+    assert_eq!(
+        yaml.matches("      FABRIC_STANDBYS: containers\n").count(),
+        supervisors
+    );
+    assert_eq!(
+        yaml.matches("      - /var/run/docker.sock:/var/run/docker.sock\n")
+            .count(),
+        supervisors
+    );
 }

@@ -14,7 +14,6 @@ mod common;
 mod outage_common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -64,28 +63,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
     }
 
     // A steady load from two remote senders, for the whole outage.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for s in 0..2 {
-        let (stop, accepted, topo) = (stop.clone(), accepted.clone(), topo.clone());
-        senders.push(tokio::spawn(async move {
-            let (mut n, mut failed) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                let subject = format!("load {s}-{n}");
-                let started = Instant::now();
-                match outage_common::fabric_send(&topo, ANN, &subject).await {
-                    Ok(_) => accepted
-                        .lock()
-                        .await
-                        .push((subject, started, Instant::now())),
-                    Err(_) => failed += 1,
-                }
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            failed
-        }));
-    }
+    let load = outage_common::SteadyLoad::start(&topo, ANN, 2, &accepted);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Every mail server of west fails: two die, two freeze.
@@ -156,11 +134,7 @@ async fn mail_for_a_dead_site_waits_in_the_relay_reaches_a_standby_and_is_merged
 
     // The load goes on a little on the standbys, then stops.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut failed_sends = 0;
-    for s in senders {
-        failed_sends += s.await?;
-    }
+    let failed_sends = load.stop().await?;
     let sends = accepted.lock().await.clone();
     println!(
         "{} messages accepted, {failed_sends} sends refused",

@@ -16,7 +16,6 @@ mod common;
 mod outage_common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -90,28 +89,7 @@ async fn a_dead_site_with_its_stores_comes_back_as_standbys_and_merges_back_exac
     .await?;
 
     // A steady load from two remote senders for the whole outage.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for s in 0..2 {
-        let (stop, accepted, topo) = (stop.clone(), accepted.clone(), topo.clone());
-        senders.push(tokio::spawn(async move {
-            let (mut n, mut failed) = (0, 0);
-            while !stop.load(Ordering::Relaxed) {
-                let subject = format!("load {s}-{n}");
-                let started = Instant::now();
-                match fabric_send(&topo, ANN, &subject).await {
-                    Ok(_) => accepted
-                        .lock()
-                        .await
-                        .push((subject, started, Instant::now())),
-                    Err(_) => failed += 1,
-                }
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            failed
-        }));
-    }
+    let load = outage_common::SteadyLoad::start(&topo, ANN, 2, &accepted);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // West dies whole: a store and a mail server freeze first, then everything is SIGKILLed (the
@@ -184,11 +162,7 @@ async fn a_dead_site_with_its_stores_comes_back_as_standbys_and_merges_back_exac
     );
     assert!(during.iter().all(|(s, _)| s != "before 1"), "{during:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    let mut failed_sends = 0;
-    for s in senders {
-        failed_sends += s.await?;
-    }
+    let failed_sends = load.stop().await?;
     let sends = accepted.lock().await.clone();
     println!(
         "{} messages accepted, {failed_sends} sends refused",

@@ -203,12 +203,19 @@ async fn standbys_take_over_failed_mail_servers_at_their_addresses_and_hand_them
         "{single} {answer}"
     );
     let by_node = states(&answer);
+    // Should the frozen node be judged alive, say by what and what state the kernel has it in.
+    let why = || {
+        let log = std::fs::read_to_string(sandbox.log_path("supervisor-e")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("intranet-w2")).collect();
+        let stat = std::fs::read_to_string(format!("/proc/{frozen}/stat")).unwrap_or_default();
+        format!(
+            "{answer}\nintranet-w2 (pid {frozen}) /proc stat: {stat}\nsupervisor-e on it:\n{}",
+            lines.join("\n")
+        )
+    };
     for node in ["intranet-w1", "intranet-w2", "inet-mx-w1"] {
-        assert_eq!(
-            by_node.get(node).map(String::as_str),
-            Some("serving"),
-            "{answer}"
-        );
+        let state = by_node.get(node).map(String::as_str);
+        assert_eq!(state, Some("serving"), "{node}: {}", why());
     }
     assert_eq!(
         by_node.get("inet-mx-w2").map(String::as_str),

@@ -223,6 +223,16 @@ impl Launcher {
     /// one. A supervisor that does not answer runs no standby (its standbys die with it). Other roles
     /// never have standbys: nothing to ask.
     pub async fn reclaim_from_standby(&self, name: &str) -> Result<Vec<String>, LaunchError> {
+        let retired_by = self.retire_standbys(name).await?;
+        if !retired_by.is_empty() {
+            wait_ports_free(self.node(name)?, Duration::from_secs(10)).await?;
+        }
+        Ok(retired_by)
+    }
+
+    /// Asks every supervisor that runs a standby of `name` to retire it; returns those that did
+    /// (a standby container is gone, its addresses free, when its supervisor answers).
+    pub async fn retire_standbys(&self, name: &str) -> Result<Vec<String>, LaunchError> {
         let node = self.node(name)?;
         if !node.role().has_standby() {
             return Ok(Vec::new());
@@ -280,9 +290,6 @@ impl Launcher {
                 )));
             }
             retired_by.push(supervisor.name.clone());
-        }
-        if !retired_by.is_empty() {
-            wait_ports_free(node, Duration::from_secs(10)).await?;
         }
         Ok(retired_by)
     }

@@ -155,6 +155,13 @@ enum Command {
         /// allowed: the routers' forwarded ports) instead of writing anything.
         #[arg(long, value_name = "ZONE")]
         flows: Option<String>,
+        /// The compose project the file is for: a zone whose mapped subnet overlaps a network of
+        /// the Docker Engine outside this project, or a route of this host, moves to a free one.
+        #[arg(long, default_value = "mailfabric")]
+        project: String,
+        /// Keep every zone at its mapped subnet (127.A.B.C/n -> 10.A.B.C/n) whatever is in use.
+        #[arg(long)]
+        keep_subnets: bool,
     },
 }
 
@@ -420,12 +427,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             image,
             flows,
-        } => cli::compose::run(&cli::compose::Request {
-            topology: &topology,
-            output: &output,
-            image: &image,
-            flows: flows.as_deref(),
-        }),
+            project,
+            keep_subnets,
+        } => {
+            cli::compose::run(&cli::compose::Request {
+                topology: &topology,
+                output: &output,
+                image: &image,
+                flows: flows.as_deref(),
+                project: &project,
+                keep_subnets,
+            })
+            .await
+        }
         Command::Outside { command } => match command {
             OutsideCommand::Messages { json } => {
                 cli::outside::list(&data_dir, cli::outside::What::Messages, json).await

@@ -1,8 +1,8 @@
 //! The supervisor's HTTP API on its `supervisor` port (JSON):
 //! - `POST /v1/standby` `{"node": NAME}` or `{"site": SITE}`, optional `"reason"`, `"requested_by"`,
 //!   `"force"` (manual failover: needs `Authorization: Bearer <fabric.operator_token>`):
-//!   `200 {"nodes": [{"node", "state": "serving"|"alive"|"failed", "pid"?, "since_ms"?, "ready_ms"?, "error"?}]}`;
-//! - `GET /v1/standby`: `{"standbys": [{"node", "role", "site", "pid", "since_ms", "reason", "requested_by"}]}`;
+//!   `200 {"nodes": [{"node", "state": "serving"|"alive"|"cut-off"|"failed", "pid"?, "since_ms"?, "ready_ms"?, "error"?}]}`;
+//! - `GET /v1/standby`: `{"standbys": [{"node", "role", "site", "pid", "container"?, "since_ms", "reason", "requested_by"}]}`;
 //! - `DELETE /v1/standby/{node}`: retire (`Authorization: Bearer <fabric.operator_token>`: 401
 //!   without, 403 wrong; the launcher's fail-back hook sends the topology's token); `200 {"node",
 //!   "state": "retired"}`, 404 if none. A fabric without an operator token lets anyone retire (there

@@ -5,6 +5,7 @@
 //!
 //! - `api`: the HTTP API on the `supervisor` port;
 //! - `standby`: invoking, watching and retiring standbys;
+//! - `host`: where a standby runs: a process of ours, or a container (Docker Engine API);
 //! - `fence`: `/proc/net/tcp` and `/proc/PID/fd`: who listens on an address, SIGKILL it;
 //! - `probe`: is a mail server healthy (admin `/health`, protocol greeting);
 //! - `continuity`: tells a site's users when an outage begins and ends (SMS or notice mail);
@@ -14,6 +15,7 @@ mod api;
 mod continuity;
 mod fence;
 mod flow_probe;
+mod host;
 mod probe;
 mod standby;
 
@@ -34,7 +36,7 @@ fn describe_metrics() {
     );
     metrics::describe_counter!(
         "fabric_supervisor_invocations_total",
-        "Requests for a standby, per node, by result (started, alive, failed)."
+        "Requests for a standby, per node, by result (started, alive, cut-off: unreachable but its container runs healthy, failed)."
     );
     metrics::describe_counter!(
         "fabric_supervisor_fenced_total",
@@ -87,7 +89,7 @@ fn describe_metrics() {
             .absolute(0);
         }
     }
-    for result in ["started", "alive", "failed"] {
+    for result in ["started", "alive", "cut-off", "failed"] {
         metrics::counter!("fabric_supervisor_invocations_total", "result" => result).absolute(0);
     }
     metrics::counter!("fabric_supervisor_fenced_total").absolute(0);
@@ -108,7 +110,9 @@ async fn main() -> anyhow::Result<()> {
     shutdown::cancel_on_signals(ctx.shutdown.clone())?;
     describe_metrics();
 
-    let manager = standby::Manager::new(ctx.clone(), topology_file, fabric::find_bin_dir());
+    let host = host::Host::from_env(topology_file, fabric::find_bin_dir()).await?;
+    let manager = standby::Manager::new(ctx.clone(), host);
+    manager.adopt().await;
     let stop = ctx.shutdown.clone();
     let app = api::router(manager.clone());
     let api_task = tokio::spawn(async move {
@@ -133,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
                     "alive": c.alive.load(Relaxed),
                     "failed": c.failed.load(Relaxed),
                 },
+                "cut_off": c.cut_off.load(Relaxed),
                 "fenced": c.fenced.load(Relaxed),
                 "retired": c.retired.load(Relaxed),
                 "restarted": c.restarted.load(Relaxed),

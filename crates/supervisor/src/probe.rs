@@ -66,8 +66,9 @@ fn probe_service(node: &Node) -> Option<(&'static str, SocketAddr)> {
         .find_map(|s| node.service_addr(s).map(|a| (s, a)))
 }
 
-/// Whether the node answers at all (admin `/health`, or its protocol's greeting).
-pub async fn healthy(node: &Node) -> bool {
+/// What of the node answered: `"health"` (admin `/health` gave 200), `"greeting"` (a service port
+/// greeted), or `None` when neither did in time.
+pub async fn answered_by(node: &Node) -> Option<&'static str> {
     let health =
         async { http_status(node.admin_addr(), "/health", HEALTH_TIMEOUT).await == Some(200) };
     let greeting = async {
@@ -77,7 +78,11 @@ pub async fn healthy(node: &Node) -> bool {
         }
     };
     let (health, greeting) = tokio::join!(health, greeting);
-    health || greeting
+    match (health, greeting) {
+        (true, _) => Some("health"),
+        (false, true) => Some("greeting"),
+        (false, false) => None,
+    }
 }
 
 /// Whether the node's admin `/ready` answers 200.

@@ -1,41 +1,32 @@
-//! The standby servers of one supervisor: invoking one in place of a failed mail server (fence, spawn
-//! the same role binary with the failed node's name, wait for `/ready`), watching it (restarted when it
-//! exits on its own), and retiring it (SIGTERM, the shutdown deadline, SIGKILL).
+//! The standby servers of one supervisor: invoking one in place of a failed mail server (fence, start
+//! the same role binary with the failed node's name, wait for `/ready`: a process or a container, see
+//! `host`), watching it (restarted when it exits on its own), and retiring it (SIGTERM, the shutdown
+//! deadline, SIGKILL).
 //!
 //! Every operation on a node holds that node's lock, so two relays asking at once start one standby.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::net::SocketAddrV4;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use node_runtime::NodeContext;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use topology::Node;
 
 use crate::continuity::{Continuity, Event};
-use crate::{fence, probe};
+use crate::host::{Host, Running, Verdict};
+use crate::probe;
 
-/// How long a standby may take to answer `/ready`.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long fencing waits for the failed node's ports to be free after SIGKILL.
-const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a standby's process is looked at.
+/// How often a standby is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What the supervisor says about one node it was asked to stand in for.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
     pub node: String,
-    /// `serving` (a standby of this supervisor serves it), `alive` (left alone), `failed`.
+    /// `serving` (a standby of this supervisor serves it), `alive` (left alone), `cut-off` (it does
+    /// not answer us, but its container runs healthy: a partition, left alone), `failed`.
     pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -80,6 +71,9 @@ pub struct StandbyInfo {
     pub role: String,
     pub site: String,
     pub pid: u32,
+    /// The standby's container (containers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub since_ms: u64,
     pub reason: Option<String>,
     pub requested_by: Option<String>,
@@ -97,7 +91,7 @@ pub struct Request {
 
 #[derive(Default)]
 struct Slot {
-    child: Option<Child>,
+    child: Option<Running>,
     /// Bumped at every start and retirement, so a watcher of an older standby stops.
     generation: u64,
 }
@@ -109,15 +103,14 @@ pub struct Counters {
     pub alive: AtomicU64,
     pub failed: AtomicU64,
     pub fenced: AtomicU64,
+    pub cut_off: AtomicU64,
     pub retired: AtomicU64,
     pub restarted: AtomicU64,
 }
 
 pub struct Manager {
     ctx: NodeContext,
-    topology_file: PathBuf,
-    bin_dir: PathBuf,
-    spawner: Spawner,
+    host: Host,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     registry: Mutex<BTreeMap<String, StandbyInfo>>,
     pub counters: Counters,
@@ -126,11 +119,9 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(ctx: NodeContext, topology_file: PathBuf, bin_dir: PathBuf) -> Arc<Manager> {
+    pub fn new(ctx: NodeContext, host: Host) -> Arc<Manager> {
         Arc::new(Manager {
-            topology_file,
-            bin_dir,
-            spawner: Spawner::start(),
+            host,
             slots: Mutex::new(HashMap::new()),
             registry: Mutex::new(BTreeMap::new()),
             counters: Counters::default(),
@@ -172,20 +163,29 @@ impl Manager {
         let slot = self.slot(&node.name);
         let mut slot = slot.lock().await;
         if let Some(child) = slot.child.as_mut()
-            && matches!(child.try_wait(), Ok(None))
+            && self.host.exited(child).await.is_none()
         {
             let info = self.registry().get(&node.name).cloned();
             return Outcome {
-                pid: Some(child.id()),
+                pid: Some(child.pid()),
                 since_ms: info.map(|i| i.since_ms),
                 ..Outcome::new(&node.name, "serving")
             };
         }
-        if !request.force && probe::healthy(node).await {
+        if !request.force
+            && let Some(answered) = probe::answered_by(node).await
+        {
             self.count("alive", &self.counters.alive);
-            tracing::info!(standby_for = %node.name, result = "alive", reason = request.reason.as_deref().unwrap_or(""),
+            tracing::info!(standby_for = %node.name, result = "alive", answered, admin = %node.admin_addr(), reason = request.reason.as_deref().unwrap_or(""),
                 requested_by = request.requested_by.as_deref().unwrap_or(""), "standby not needed: the node answers");
             return Outcome::new(&node.name, "alive");
+        }
+        if !request.force && matches!(self.host.verdict(node).await, Verdict::CutOff) {
+            self.count("cut-off", &self.counters.cut_off);
+            tracing::warn!(standby_for = %node.name, result = "cut-off", reason = request.reason.as_deref().unwrap_or(""),
+                requested_by = request.requested_by.as_deref().unwrap_or(""),
+                "standby not started: the node does not answer us but its container runs healthy (a partition)");
+            return Outcome::new(&node.name, "cut-off");
         }
         match self.take_over(node, request, &mut slot).await {
             Ok(outcome) => outcome,
@@ -212,15 +212,22 @@ impl Manager {
         let fenced = self.fence(node).await?;
         let started = Instant::now();
         let since_ms = unix_ms();
-        let mut child = self.start_child(node).await?;
-        let pid = child.id();
-        tracing::info!(standby_for = %node.name, pid, fenced = ?fenced, force = request.force,
+        tracing::info!(standby_for = %node.name, host = self.host.kind(), fenced = ?fenced, force = request.force,
             reason = request.reason.as_deref().unwrap_or(""), requested_by = request.requested_by.as_deref().unwrap_or(""),
-            "standby spawned; waiting until it is ready");
-        if let Err(e) = wait_ready(node, &mut child).await {
-            stop_child(&mut child, Duration::ZERO).await;
-            return Err(format!("{e}; see {}", self.log_path(&node.name).display()));
-        }
+            "starting a standby; waiting until it is ready");
+        let child = self
+            .host
+            .start(&self.ctx, node)
+            .await
+            .map_err(|e| match self.host {
+                Host::Processes { .. } => format!(
+                    "{e}; see {}",
+                    crate::host::log_path(&self.ctx, &node.name).display()
+                ),
+                Host::Containers(_) => e,
+            })?;
+        let pid = child.pid();
+        let container = child.container().map(str::to_string);
         let ready = started.elapsed();
         metrics::histogram!("fabric_supervisor_standby_ready_seconds").record(ready.as_secs_f64());
         self.count("started", &self.counters.started);
@@ -231,6 +238,7 @@ impl Manager {
             role: node.role.clone(),
             site: node.site.clone(),
             pid,
+            container: container.clone(),
             since_ms,
             reason: request.reason.clone(),
             requested_by: request.requested_by.clone(),
@@ -248,7 +256,7 @@ impl Manager {
         if first {
             self.continuity.announce(Event::Start, &node.site);
         }
-        tracing::info!(standby_for = %node.name, result = "started", pid, ready_ms = ready.as_millis() as u64,
+        tracing::info!(standby_for = %node.name, result = "started", pid, container = container.as_deref().unwrap_or(""), ready_ms = ready.as_millis() as u64,
             address = %node.address, "standby serving at the failed node's address");
         tokio::spawn(self.clone().watch(node.clone(), slot.generation));
         Ok(Outcome {
@@ -260,69 +268,18 @@ impl Manager {
         })
     }
 
-    /// Kills whatever still listens on the node's address at its ports (service and admin).
+    /// Makes sure the failed node is gone before its standby takes its addresses (`host`).
     async fn fence(&self, node: &Node) -> Result<Vec<u32>, String> {
-        let targets: Vec<SocketAddrV4> = node
-            .ports
-            .values()
-            .chain(std::iter::once(&node.admin))
-            .map(|p| SocketAddrV4::new(node.address, *p))
-            .collect();
-        let killed = fence::fence(&targets, FENCE_TIMEOUT)
-            .await
-            .map_err(|e| format!("fencing {}: {e}", node.name))?;
+        let killed = self.host.fence(node).await?;
         if !killed.is_empty() {
             self.counters
                 .fenced
                 .fetch_add(killed.len() as u64, Ordering::Relaxed);
             metrics::counter!("fabric_supervisor_fenced_total").increment(killed.len() as u64);
-            tracing::warn!(standby_for = %node.name, pids = ?killed, address = %node.address,
-                "fenced: SIGKILLed the processes still holding the failed node's ports");
+            tracing::warn!(standby_for = %node.name, pids = ?killed, address = %node.address, host = self.host.kind(),
+                "fenced: SIGKILLed what still held the failed node's ports (its container, on docker)");
         }
         Ok(killed)
-    }
-
-    fn log_path(&self, node: &str) -> PathBuf {
-        self.ctx.data_dir.join(format!("standby-{node}.log"))
-    }
-
-    /// Spawns the node's role binary under the node's own name (so its address and ports).
-    async fn start_child(&self, node: &Node) -> Result<Child, String> {
-        let binary = self.bin_dir.join(node.role().binary());
-        if !binary.is_file() {
-            return Err(format!("the binary {} does not exist", binary.display()));
-        }
-        let data = self.ctx.data_dir.join("standby").join(&node.name);
-        std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-        let log_path = self.log_path(&node.name);
-        let open = || {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)
-                .map_err(|e| format!("{}: {e}", log_path.display()))
-        };
-        let (out, err) = (open()?, open()?);
-        let mut command = Command::new(&binary);
-        command
-            .arg("--topology")
-            .arg(&self.topology_file)
-            .arg("--node")
-            .arg(&node.name)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--tls-dir")
-            .arg(&self.ctx.tls_dir)
-            .env("FABRIC_STANDBY_BY", &self.ctx.node.name)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        fabric::die_with_parent(&mut command);
-        self.spawner
-            .spawn(command)
-            .await
-            .map_err(|e| format!("spawning {}: {e}", binary.display()))
     }
 
     /// Restarts the standby when it exits on its own, until it is retired.
@@ -338,22 +295,20 @@ impl Manager {
             let Some(child) = guard.child.as_mut() else {
                 return;
             };
-            let status = match child.try_wait() {
-                Ok(None) => continue,
-                Ok(Some(status)) => status.to_string(),
-                Err(e) => e.to_string(),
+            let Some(status) = self.host.exited(child).await else {
+                continue;
             };
             restarts += 1;
             self.counters.restarted.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("fabric_supervisor_restarts_total").increment(1);
             tracing::warn!(standby_for = %node.name, status = %status, restarts, "standby exited on its own; restarting it");
-            match self.start_child(&node).await {
-                Ok(child) => {
+            match self.host.restart(&self.ctx, &node, child).await {
+                Ok(()) => {
+                    let pid = child.pid();
                     if let Some(info) = self.registry().get_mut(&node.name) {
-                        info.pid = child.id();
+                        info.pid = pid;
                         info.restarts = restarts;
                     }
-                    guard.child = Some(child);
                 }
                 Err(error) => {
                     tracing::error!(standby_for = %node.name, error = %error, "standby could not be restarted");
@@ -385,8 +340,10 @@ impl Manager {
                 .is_some_and(|i| !registry.values().any(|o| o.site == i.site));
             (info, last)
         };
-        let pid = child.id();
-        stop_child(&mut child, self.ctx.topology.timing.shutdown_deadline).await;
+        let pid = child.pid();
+        self.host
+            .stop(&mut child, self.ctx.topology.timing.shutdown_deadline)
+            .await;
         self.counters.retired.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("fabric_supervisor_retired_total").increment(1);
         self.publish_gauge();
@@ -398,6 +355,37 @@ impl Manager {
             self.continuity.announce(Event::End, site);
         }
         info
+    }
+
+    /// Takes back the standby containers this supervisor started before it was killed (a process
+    /// standby dies with its supervisor; a container does not).
+    pub async fn adopt(self: &Arc<Self>) {
+        for (node_name, running, since_ms) in self.host.leftovers(&self.ctx.node.name).await {
+            let Some(node) = self.ctx.topology.node(&node_name).cloned() else {
+                continue;
+            };
+            let slot = self.slot(&node_name);
+            let mut slot = slot.lock().await;
+            let info = StandbyInfo {
+                node: node.name.clone(),
+                role: node.role.clone(),
+                site: node.site.clone(),
+                pid: running.pid(),
+                container: running.container().map(str::to_string),
+                since_ms,
+                reason: Some("adopted after a restart of the supervisor".into()),
+                requested_by: None,
+                ready_ms: 0,
+                restarts: 0,
+            };
+            tracing::info!(standby_for = %node.name, container = info.container.as_deref().unwrap_or(""),
+                "adopted a standby container this supervisor started before it restarted");
+            self.registry().insert(node.name.clone(), info);
+            slot.generation += 1;
+            slot.child = Some(running);
+            tokio::spawn(self.clone().watch(node, slot.generation));
+        }
+        self.publish_gauge();
     }
 
     /// Retires every standby (the supervisor is shutting down).
@@ -416,90 +404,9 @@ impl Manager {
     }
 }
 
-/// Waits until the standby answers 200 on `/ready`, failing early if it exits.
-async fn wait_ready(node: &Node, child: &mut Child) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the standby exited during startup ({status})"));
-        }
-        if probe::ready(node).await {
-            return Ok(());
-        }
-        if start.elapsed() > READY_TIMEOUT {
-            return Err(format!(
-                "the standby was not ready after {READY_TIMEOUT:?} (GET {}/ready)",
-                node.admin_addr()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// SIGTERM, up to `deadline` for the process to exit, then SIGKILL; reaps it.
-async fn stop_child(child: &mut Child, deadline: Duration) {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    if !deadline.is_zero() {
-        let _ = kill(pid, Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < deadline {
-            if !matches!(child.try_wait(), Ok(None)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    let _ = kill(pid, Signal::SIGKILL);
-    for _ in 0..200 {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-type SpawnJob = (Command, oneshot::Sender<std::io::Result<Child>>);
-
-/// Spawns every standby from one thread that lives as long as the supervisor: `PR_SET_PDEATHSIG`
-/// fires when the *thread* that forked the child exits, and tokio's blocking threads come and go.
-struct Spawner {
-    jobs: Mutex<std::sync::mpsc::Sender<SpawnJob>>,
-}
-
-impl Spawner {
-    fn start() -> Spawner {
-        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
-        let thread = std::thread::Builder::new()
-            .name("standby-spawner".into())
-            .spawn(move || {
-                for (mut command, reply) in rx {
-                    let _ = reply.send(command.spawn());
-                }
-            });
-        if let Err(e) = thread {
-            tracing::error!(error = %e, "cannot start the standby spawner thread");
-        }
-        Spawner {
-            jobs: Mutex::new(tx),
-        }
-    }
-
-    async fn spawn(&self, command: Command) -> std::io::Result<Child> {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send((command, reply))
-            .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-        answer
-            .await
-            .map_err(|_| std::io::Error::other("the spawner thread dropped the request"))?
-    }
 }

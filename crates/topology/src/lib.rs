@@ -152,6 +152,24 @@ impl Topology {
         self.home_of_domain(domain).is_some()
     }
 
+    /// Every network `node` is on with its address there: the zone of its `address` (the narrowest
+    /// zone holding it) first, then its other legs (`networks`, written by `fabric compose`).
+    pub fn node_networks(&self, node: &Node) -> Vec<(String, std::net::Ipv4Addr)> {
+        let main = self
+            .zones
+            .iter()
+            .filter(|z| z.cidr.contains(&node.address))
+            .max_by_key(|z| z.cidr.prefix_len())
+            .map(|z| (z.name.clone(), node.address));
+        let mut all: Vec<(String, std::net::Ipv4Addr)> = main.into_iter().collect();
+        for (name, address) in &node.networks {
+            if !all.iter().any(|(n, _)| n == name) {
+                all.push((name.clone(), *address));
+            }
+        }
+        all
+    }
+
     /// The site a customer domain lives in.
     pub fn home_of_domain(&self, domain: &str) -> Option<&str> {
         self.domains

@@ -14,6 +14,62 @@ use testkit::Sandbox;
 
 use crate::common;
 
+/// Accepted sends: (subject, when its send started, when its 250 came).
+pub type Sends =
+    std::sync::Arc<tokio::sync::Mutex<Vec<(String, std::time::Instant, std::time::Instant)>>>;
+
+/// Remote senders to one mailbox for the whole of an outage: each sends `load S-N` every 100 ms
+/// through the fabric's DNS and records its 250s.
+pub struct SteadyLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl SteadyLoad {
+    pub fn start(
+        topo: &std::path::Path,
+        to: &'static str,
+        senders: usize,
+        accepted: &Sends,
+    ) -> SteadyLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders = (0..senders)
+            .map(|s| {
+                let (stop, accepted, topo) = (stop.clone(), accepted.clone(), topo.to_path_buf());
+                tokio::spawn(async move {
+                    let (mut n, mut failed) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let subject = format!("load {s}-{n}");
+                        let started = std::time::Instant::now();
+                        match fabric_send(&topo, to, &subject).await {
+                            Ok(_) => accepted.lock().await.push((
+                                subject,
+                                started,
+                                std::time::Instant::now(),
+                            )),
+                            Err(_) => failed += 1,
+                        }
+                        n += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    failed
+                })
+            })
+            .collect();
+        SteadyLoad { stop, senders }
+    }
+
+    /// Stops the senders; the sends they had refused.
+    pub async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failed = 0;
+        for s in self.senders {
+            failed += s.await?;
+        }
+        Ok(failed)
+    }
+}
+
 /// One message from a remote sender to `to` through the fabric's DNS; the fabric id on a 250.
 pub async fn fabric_send(
     topology: &std::path::Path,

@@ -18,7 +18,9 @@
 //! zone maps the same way (`127.10.1.1` -> `10.10.1.1`). A node moved onto its LAN `10.L.0.0/16` takes
 //! `10.L.A.D` for its `127.A.B.D` (`inet-mx-w1` `127.10.1.11` -> `10.1.10.11`), a leg on another site's
 //! LAN `10.L.(A+100).D`; the next free address when that one is taken. The last host of each network is
-//! its gateway (the docker host's bridge address).
+//! its gateway (the docker host's bridge address). A zone whose place overlaps a network already in
+//! use on the host ([`plan_avoiding`]) moves to the next free private block of its size, its nodes
+//! keeping their host offsets.
 
 mod render;
 
@@ -39,6 +41,8 @@ pub enum ComposeError {
     NoLan { node: String, site: String },
     #[error("node {node:?}: address {address} is in no zone")]
     NoZone { node: String, address: Ipv4Addr },
+    #[error("zone {zone:?} ({cidr}): every private block of its size overlaps a network in use")]
+    NoRoom { zone: String, cidr: Ipv4Net },
     #[error("network {network:?} is full")]
     Full { network: String },
     #[error("the docker topology is invalid: {0}")]
@@ -142,17 +146,78 @@ impl Allocator {
     }
 }
 
-/// The networks, containers and docker topology of `topology`.
+/// The private ranges a zone's network may move to when its own place is taken, in order.
+const PRIVATE: [(Ipv4Addr, u8); 3] = [
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+];
+
+/// The container subnet of a zone that overlaps nothing in `taken`: its mapped place
+/// ([`subnet_of`]) when free, else the next free block of the same size in 10/8 (counting on from
+/// the mapped place), then in 172.16/12 and 192.168/16.
+fn free_subnet(cidr: Ipv4Net, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+    let mapped = subnet_of(cidr);
+    let free = |n: &Ipv4Net| {
+        !taken
+            .iter()
+            .any(|t| t.contains(&n.network()) || n.contains(&t.network()))
+    };
+    if free(&mapped) {
+        return Some(mapped);
+    }
+    let prefix = mapped.prefix_len();
+    for (base, len) in PRIVATE {
+        let Ok(range) = Ipv4Net::new(base, len) else {
+            continue;
+        };
+        let Ok(blocks) = range.subnets(prefix) else {
+            continue; // the zone is bigger than the range
+        };
+        let blocks: Vec<Ipv4Net> = blocks.collect();
+        let start = blocks.iter().position(|b| *b == mapped).unwrap_or(0);
+        if let Some(b) = blocks
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(blocks.len())
+            .find(|b| free(b))
+        {
+            return Some(*b);
+        }
+    }
+    None
+}
+
+/// The networks, containers and docker topology of `topology`, every zone at its mapped place.
 pub fn plan(topology: &Topology) -> Result<Deployment, ComposeError> {
+    plan_avoiding(topology, &[])
+}
+
+/// [`plan`], with each zone's network moved off the subnets in `taken` (the engine's other networks,
+/// the host's routes): docker refuses a network whose subnet overlaps another ("Pool overlaps with
+/// other one on this address space"). A moved zone keeps its nodes' host offsets.
+pub fn plan_avoiding(topology: &Topology, taken: &[Ipv4Net]) -> Result<Deployment, ComposeError> {
     let mut networks = Vec::new();
+    // Zones whose own place is free keep it; a moved zone goes round all of them.
+    let mut around = taken.to_vec();
+    around.extend(topology.zones.iter().map(|z| subnet_of(z.cidr)));
     for z in &topology.zones {
-        let subnet = subnet_of(z.cidr);
+        let subnet = match free_subnet(z.cidr, taken) {
+            Some(s) if s == subnet_of(z.cidr) => Some(s),
+            _ => free_subnet(z.cidr, &around),
+        }
+        .ok_or_else(|| ComposeError::NoRoom {
+            zone: z.name.clone(),
+            cidr: z.cidr,
+        })?;
         if subnet.prefix_len() > 29 {
             return Err(ComposeError::Cidr {
                 zone: z.name.clone(),
                 cidr: z.cidr,
             });
         }
+        around.push(subnet);
         let gateway = Ipv4Addr::from(u32::from(subnet.broadcast()) - 1);
         networks.push(Network {
             name: z.name.clone(),

@@ -25,6 +25,8 @@ pub const TOPOLOGY_IN_CONTAINER: &str = "/fabric/topology.toml";
 pub const TLS_IN_CONTAINER: &str = "/fabric/tls";
 pub const DATA_IN_CONTAINER: &str = "/data";
 pub const BIN_IN_CONTAINER: &str = "/usr/local/bin";
+/// The engine's socket, mounted into the supervisors (they start standby containers).
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// The compose file (Compose Specification; docker-compose 1.27+ and `docker compose` read it).
 pub fn render(d: &Deployment, o: &RenderOptions) -> String {
@@ -49,6 +51,10 @@ pub fn render(d: &Deployment, o: &RenderOptions) -> String {
              \"--data-dir\", \"{DATA_IN_CONTAINER}\", \"--tls-dir\", \"{TLS_IN_CONTAINER}\"]",
             s.node
         );
+        if s.role == topology::Role::Supervisor {
+            // Standbys are containers started through the engine (crates/supervisor/src/host.rs).
+            y.push_str("    environment:\n      FABRIC_STANDBYS: containers\n");
+        }
         y.push_str("    restart: unless-stopped\n");
         let _ = writeln!(y, "    stop_grace_period: {}s", o.stop_grace_secs);
         y.push_str("    networks:\n");
@@ -58,6 +64,9 @@ pub fn render(d: &Deployment, o: &RenderOptions) -> String {
         y.push_str("    volumes:\n");
         let _ = writeln!(y, "      - {}:{TOPOLOGY_IN_CONTAINER}:ro", o.topology);
         let _ = writeln!(y, "      - {}:{TLS_IN_CONTAINER}:ro", o.tls_dir);
+        if s.role == topology::Role::Supervisor {
+            let _ = writeln!(y, "      - {DOCKER_SOCKET}:{DOCKER_SOCKET}");
+        }
         if let Some(v) = &s.volume {
             let _ = writeln!(y, "      - {v}:{DATA_IN_CONTAINER}");
         }

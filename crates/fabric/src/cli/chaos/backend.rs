@@ -1,6 +1,6 @@
 //! The fault actions of a campaign behind one small trait, so the same schedule, workload and checker
-//! drive the loopback fabric (processes and signals, here) and, later, the docker fabric
-//! (`docker kill`, `docker pause`/`unpause`, `docker start`, and `docker network disconnect` for
+//! drive the loopback fabric (processes and signals, here) and the docker fabric (`docker.rs`:
+//! `docker kill`, `docker pause`/`unpause`, `docker start`, and `docker network disconnect` for
 //! partitions, which only that backend can offer).
 
 use std::collections::BTreeMap;
@@ -16,6 +16,7 @@ use fabric::{FabricState, Launcher, NodeRecord, ProcState, SpawnOptions, find_bi
 use nix::sys::signal::Signal;
 use topology::Topology;
 
+use super::schedule::Leg;
 use crate::cli::{signal, wait_gone};
 
 /// What the campaign knows of a node between its own actions.
@@ -39,7 +40,9 @@ pub trait Backend {
     fn topology(&self) -> &Topology;
     /// Where the fabric's CA is (`ca.pem`), for the workload's TLS.
     fn tls_dir(&self) -> std::path::PathBuf;
-    fn state(&self, node: &str) -> NodeState;
+    /// What the report names as the fabric (its topology file, the compose project).
+    fn describe(&self) -> String;
+    async fn state(&self, node: &str) -> NodeState;
     /// SIGKILL (docker kill): returns once the node is gone.
     async fn kill(&self, node: &str) -> anyhow::Result<()>;
     /// SIGTERM and the node's own drain (docker stop): returns once it exited.
@@ -52,6 +55,22 @@ pub trait Backend {
     async fn start(&self, node: &str, ready_timeout: Duration) -> anyhow::Result<()>;
     /// Waits until a running node answers `/ready` (after SIGCONT).
     async fn wait_ready(&self, node: &str, timeout: Duration) -> anyhow::Result<()>;
+    /// Cuts these legs of containers off their networks (a partition).
+    async fn cut(&self, legs: &[Leg]) -> anyhow::Result<()> {
+        bail!(
+            "the {} backend cannot cut {} network legs",
+            self.name(),
+            legs.len()
+        )
+    }
+    /// Gives the legs back, at the same addresses.
+    async fn mend(&self, legs: &[Leg]) -> anyhow::Result<()> {
+        bail!(
+            "the {} backend cannot mend {} network legs",
+            self.name(),
+            legs.len()
+        )
+    }
 }
 
 /// The loopback fabric: one process per node, signals, and the launcher of `fabric up`.
@@ -133,10 +152,6 @@ impl Loopback {
             owned: false,
             children: Mutex::new(BTreeMap::new()),
         })
-    }
-
-    pub fn launcher(&self) -> &Launcher {
-        &self.launcher
     }
 
     /// Whether the campaign started (and so stops) the fabric.
@@ -272,7 +287,11 @@ impl Backend for Loopback {
         self.launcher.tls_dir()
     }
 
-    fn state(&self, node: &str) -> NodeState {
+    fn describe(&self) -> String {
+        self.launcher.topology_file.display().to_string()
+    }
+
+    async fn state(&self, node: &str) -> NodeState {
         self.reap();
         match self.pid(node).map(|pid| node_state(pid, node)) {
             Some(ProcState::Running) => NodeState::Running,
@@ -300,7 +319,7 @@ impl Backend for Loopback {
     }
 
     async fn start(&self, node: &str, ready_timeout: Duration) -> anyhow::Result<()> {
-        if self.state(node) != NodeState::Down {
+        if self.state(node).await != NodeState::Down {
             bail!("{node} is still running");
         }
         // Fail-back: a supervisor's standby at the node's address hands it back first.

@@ -1,13 +1,15 @@
 //! `fabric chaos`: a seeded fault campaign while mail flows, then a Jepsen-style verdict.
 //!
-//! 1. Start the fabric of a topology (or `--attach` to the one running from the data directory).
+//! 1. Start the fabric of a topology (or `--attach` to the one running from the data directory, or
+//!    `--docker PROJECT` for the compose deployment operated from the data directory).
 //! 2. Create the campaign's mailboxes (`chaos-NN@DOMAIN` for every customer domain, one password).
 //! 3. At once: the workload (`workload`) and the fault schedule (`schedule`, run by `runner` through
-//!    a `backend::Backend`: loopback processes here, docker later).
+//!    a `backend::Backend`: loopback processes, or containers through the Docker Engine in `docker`).
 //! 4. Heal everything, wait for quiescence (`quiesce`), read every INBOX over IMAP (`imap`).
 //! 5. Check and report (`report`); fail on any loss, duplicate or unexpected message.
 
 pub mod backend;
+pub mod docker;
 pub mod imap;
 pub mod net;
 pub mod quiesce;
@@ -39,6 +41,11 @@ pub struct Args {
     /// running; otherwise the campaign starts its own and stops it at the end.
     #[arg(long)]
     pub attach: bool,
+    /// Run against the compose deployment of this project (`make compose-up`: mailfabric), operated
+    /// from the data directory `fabric compose` wrote (`--data-dir docker/var`); faults go through
+    /// the Docker Engine and include network partitions.
+    #[arg(long, value_name = "PROJECT", conflicts_with = "attach")]
+    pub docker: Option<String>,
     /// The seed of the schedule and of the messages' shapes (printed; give it again to replay).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -94,7 +101,7 @@ pub async fn run(data_dir: &Path, args: &Args) -> anyhow::Result<()> {
                 .unwrap_or([7; 8]),
         ) >> 16
     });
-    let topology = if args.attach {
+    let topology = if args.attach || args.docker.is_some() {
         crate::cli::running(data_dir)?.0.topology
     } else {
         Topology::load(&args.topology)?
@@ -104,6 +111,7 @@ pub async fn run(data_dir: &Path, args: &Args) -> anyhow::Result<()> {
         faults: args.faults,
         span: Duration::from_secs(args.duration),
         max_concurrent: args.max_concurrent.max(1),
+        partitions: args.docker.is_some(),
     };
     let plan = schedule::generate(&topology, &params);
     eprintln!(
@@ -117,6 +125,14 @@ pub async fn run(data_dir: &Path, args: &Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let ready_timeout = Duration::from_secs(args.ready_timeout);
+    if let Some(project) = &args.docker {
+        let backend = docker::Docker::attach(data_dir, project).await?;
+        eprintln!(
+            "chaos: docker backend on {}",
+            backend.topology_file().display()
+        );
+        return verdict(seed, campaign(&backend, args, seed, &plan).await);
+    }
     let backend = if args.attach {
         Loopback::attach(data_dir)?
     } else {
@@ -130,6 +146,10 @@ pub async fn run(data_dir: &Path, args: &Args) -> anyhow::Result<()> {
             eprintln!("chaos: stopping the fabric: {e:#}");
         }
     }
+    verdict(seed, result)
+}
+
+fn verdict(seed: u64, result: anyhow::Result<report::Report>) -> anyhow::Result<()> {
     let report = result?;
     if !report.ok {
         bail!(
@@ -143,8 +163,8 @@ pub async fn run(data_dir: &Path, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn campaign(
-    backend: &Loopback,
+async fn campaign<B: Backend>(
+    backend: &B,
     args: &Args,
     seed: u64,
     plan: &[schedule::Fault],
@@ -179,7 +199,12 @@ async fn campaign(
         "chaos: t+{:.1}s schedule and workload done; healing",
         runner::secs(t0)
     );
-    let (healed, heal_errors) = runner::heal_all(backend, ready_timeout).await;
+    let (healed, mut heal_errors) = runner::heal_all(backend, ready_timeout).await;
+    for f in plan.iter().filter(|f| !f.legs.is_empty()) {
+        if let Err(e) = backend.mend(&f.legs).await {
+            heal_errors.push(format!("#{} {}: {e:#}", f.id, f.target));
+        }
+    }
     let quiet = quiesce::wait(
         &t,
         &users,
@@ -202,7 +227,7 @@ async fn campaign(
         seed,
         run: &run_id,
         backend: backend.name(),
-        topology_name: &backend.launcher().topology_file.display().to_string(),
+        topology_name: &backend.describe(),
         topology: &t,
         faults_planned: plan.len(),
         messages: &messages,

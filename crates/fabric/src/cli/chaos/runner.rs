@@ -16,7 +16,7 @@ use super::backend::{Backend, NodeState};
 use super::schedule::{Fault, Kind};
 
 /// How long a fault may wait for its turn before it is skipped.
-const TURN_WAIT: Duration = Duration::from_secs(120);
+const TURN_WAIT: Duration = Duration::from_secs(240);
 /// How long a store fault waits for the stores to be in sync.
 const SYNC_WAIT: Duration = Duration::from_secs(90);
 
@@ -38,6 +38,8 @@ pub struct FaultRun {
 #[derive(Clone, Copy, PartialEq)]
 enum Phase {
     Pending,
+    /// Its time has come; it waits for its turn.
+    Waiting,
     Active,
     Done,
 }
@@ -76,20 +78,21 @@ pub fn secs(t0: Instant) -> f64 {
 }
 
 impl<B: Backend> Runner<'_, B> {
-    fn conflicts(a: &Fault, b: &Fault) -> bool {
-        a.kind == Kind::SiteDown || b.kind == Kind::SiteDown || a.role == b.role
-    }
-
-    /// Takes the turn of fault `i` if no conflicting fault is active and there is room.
+    /// Takes the turn of fault `i` if no conflicting fault is active, there is room, and no earlier
+    /// fault still waits for its turn (first come, first served: a fault that needs the fabric to
+    /// itself, a partition or a site down, cannot starve the ones planned before it, nor they it).
     fn try_activate(&self, i: usize) -> bool {
         let mut phases = self.phases.borrow_mut();
+        if phases[..i].contains(&Phase::Waiting) {
+            return false;
+        }
         let active: Vec<usize> = (0..phases.len())
             .filter(|j| phases[*j] == Phase::Active)
             .collect();
         let free = active.len() < self.max_concurrent
             && active
                 .iter()
-                .all(|j| !Self::conflicts(&self.faults[i], &self.faults[*j]));
+                .all(|j| !self.faults[i].conflicts(&self.faults[*j]));
         if free {
             phases[i] = Phase::Active;
         }
@@ -107,6 +110,7 @@ impl<B: Backend> Runner<'_, B> {
         };
         tokio::time::sleep_until((self.t0 + Duration::from_secs_f64(fault.at)).into()).await;
         let asked = Instant::now();
+        self.phases.borrow_mut()[i] = Phase::Waiting;
         while !self.try_activate(i) {
             if asked.elapsed() > TURN_WAIT {
                 run.note = Some(format!("skipped: no turn within {TURN_WAIT:?}"));
@@ -115,7 +119,7 @@ impl<B: Backend> Runner<'_, B> {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        if (fault.role == "store" || fault.kind == Kind::SiteDown)
+        if (fault.role == "store" || fault.kind.exclusive())
             && !stores_in_sync(self.backend.topology(), SYNC_WAIT).await
         {
             eprintln!(
@@ -124,12 +128,13 @@ impl<B: Backend> Runner<'_, B> {
             );
             run.note = Some("stores were not all in sync at injection".into());
         }
-        let not_running: Vec<&String> = fault
-            .nodes
-            .iter()
-            .filter(|n| self.backend.state(n) != NodeState::Running)
-            .collect();
-        if fault.kind != Kind::SiteDown && !not_running.is_empty() {
+        let mut not_running = Vec::new();
+        for n in &fault.nodes {
+            if self.backend.state(n).await != NodeState::Running {
+                not_running.push(n);
+            }
+        }
+        if !fault.kind.exclusive() && !not_running.is_empty() {
             run.note = Some(format!("skipped: {not_running:?} not running"));
             self.phases.borrow_mut()[i] = Phase::Done;
             return run;
@@ -157,12 +162,23 @@ impl<B: Backend> Runner<'_, B> {
         let b = self.backend;
         let hold = Duration::from_secs_f64(fault.hold);
         match fault.kind {
+            Kind::Partition | Kind::ZoneCut => {
+                b.cut(&fault.legs).await?;
+                tokio::time::sleep(hold).await;
+                run.healed = Some(secs(self.t0));
+                b.mend(&fault.legs).await?;
+                if !stores_in_sync(b.topology(), SYNC_WAIT).await {
+                    anyhow::bail!("the stores were not in sync {SYNC_WAIT:?} after the mend");
+                }
+                Ok(())
+            }
             Kind::Kill | Kind::SiteDown => {
-                let targets: Vec<&String> = fault
-                    .nodes
-                    .iter()
-                    .filter(|n| b.state(n) != NodeState::Down)
-                    .collect();
+                let mut targets = Vec::new();
+                for n in &fault.nodes {
+                    if b.state(n).await != NodeState::Down {
+                        targets.push(n);
+                    }
+                }
                 for r in join_all(targets.iter().map(|n| b.kill(n))).await {
                     r?;
                 }
@@ -192,12 +208,12 @@ impl<B: Backend> Runner<'_, B> {
         let t = self.backend.topology();
         let is_store = |n: &String| t.node(n).is_some_and(|n| n.role() == Role::Store);
         for stores_now in [true, false] {
-            let batch: Vec<&String> = fault
-                .nodes
-                .iter()
-                .filter(|n| is_store(n) == stores_now)
-                .filter(|n| self.backend.state(n) == NodeState::Down)
-                .collect();
+            let mut batch = Vec::new();
+            for n in fault.nodes.iter().filter(|n| is_store(n) == stores_now) {
+                if self.backend.state(n).await == NodeState::Down {
+                    batch.push(n);
+                }
+            }
             for r in join_all(
                 batch
                     .iter()
@@ -222,13 +238,17 @@ pub async fn heal_all<B: Backend>(
     let mut healed = Vec::new();
     let mut errors = Vec::new();
     for stores_now in [true, false] {
-        let batch: Vec<(String, NodeState)> = t
+        let mut batch: Vec<(String, NodeState)> = Vec::new();
+        for n in t
             .nodes
             .iter()
             .filter(|n| (n.role() == Role::Store) == stores_now)
-            .map(|n| (n.name.clone(), backend.state(&n.name)))
-            .filter(|(_, s)| *s != NodeState::Running)
-            .collect();
+        {
+            let state = backend.state(&n.name).await;
+            if state != NodeState::Running {
+                batch.push((n.name.clone(), state));
+            }
+        }
         let results = join_all(batch.iter().map(|(n, s)| async move {
             match s {
                 NodeState::Paused => {

@@ -13,8 +13,13 @@
 //!    the next store fault (the runner waits until every store's mirrors are in sync).
 //! 5. The sink is never a target: it is the simulated Internet, not part of the fabric.
 //!
+//! 6. A partition (docker only) overlaps no other fault, like a site down.
+//!
 //! Every role is hit before any role is hit twice; one fault in twelve (at least one when there are
-//! four or more) takes a whole site down, sites taking turns.
+//! four or more) takes a whole site down, sites taking turns. With `partitions`, one fault in twelve
+//! (at least one) parts the sites (every node of each loses its leg on the other site's LAN) and
+//! one in twelve cuts a zone off a site (the site's nodes lose their legs on the Internet or the
+//! isolated zone).
 
 use std::time::Duration;
 
@@ -36,6 +41,10 @@ pub enum Kind {
     Restart,
     /// SIGKILL of every node of a site (the sink excepted); all started again after `hold`.
     SiteDown,
+    /// The sites cannot reach each other for `hold` (`legs` cut, then mended).
+    Partition,
+    /// A zone cannot reach a site for `hold`.
+    ZoneCut,
 }
 
 impl Kind {
@@ -45,7 +54,14 @@ impl Kind {
             Kind::Pause => "pause",
             Kind::Restart => "restart",
             Kind::SiteDown => "site-down",
+            Kind::Partition => "partition",
+            Kind::ZoneCut => "zone-cut",
         }
+    }
+
+    /// Faults that overlap no other (rules 3 and 6).
+    pub fn exclusive(self) -> bool {
+        matches!(self, Kind::SiteDown | Kind::Partition | Kind::ZoneCut)
     }
 }
 
@@ -65,13 +81,75 @@ pub struct Fault {
     pub at: f64,
     /// How long the node stays down or frozen, in seconds.
     pub hold: f64,
+    /// The network legs a partition cuts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<Leg>,
+}
+
+/// A container's attachment to a network of the compose file, at its address there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leg {
+    pub node: String,
+    pub network: String,
+    pub address: std::net::Ipv4Addr,
+}
+
+/// The legs that join site `a` to site `b`: every node of each on the other's LAN (the sink, the
+/// simulated Internet, keeps both).
+pub fn partition_legs(t: &Topology, a: &str, b: &str) -> Vec<Leg> {
+    let lan = |site: &str| {
+        t.zones
+            .iter()
+            .find(|z| z.site.as_deref() == Some(site))
+            .map(|z| z.name.clone())
+    };
+    let (Some(lan_a), Some(lan_b)) = (lan(a), lan(b)) else {
+        return Vec::new();
+    };
+    let mut legs = Vec::new();
+    for n in t.nodes.iter().filter(|n| n.role() != Role::Sink) {
+        let other = if n.site == a {
+            &lan_b
+        } else if n.site == b {
+            &lan_a
+        } else {
+            continue;
+        };
+        if let Some((_, address)) = t.node_networks(n).into_iter().find(|(net, _)| net == other) {
+            legs.push(Leg {
+                node: n.name.clone(),
+                network: other.clone(),
+                address,
+            });
+        }
+    }
+    legs
+}
+
+/// The legs of `site`'s nodes on `zone`.
+pub fn zone_legs(t: &Topology, zone: &str, site: &str) -> Vec<Leg> {
+    t.nodes
+        .iter()
+        .filter(|n| n.site == site && n.role() != Role::Sink)
+        .filter_map(|n| {
+            let (_, address) = t
+                .node_networks(n)
+                .into_iter()
+                .find(|(net, _)| net == zone)?;
+            Some(Leg {
+                node: n.name.clone(),
+                network: zone.to_string(),
+                address,
+            })
+        })
+        .collect()
 }
 
 impl Fault {
     /// Seconds after `at` until which no conflicting fault may start.
     fn window_end(&self) -> f64 {
         let margin = match (self.kind, self.role.as_str()) {
-            (Kind::SiteDown, _) => 15.0,
+            (Kind::SiteDown | Kind::Partition | Kind::ZoneCut, _) => 15.0,
             (_, "store") => 10.0,
             _ => 5.0,
         };
@@ -82,8 +160,8 @@ impl Fault {
         self.at < other.window_end() && other.at < self.window_end()
     }
 
-    fn conflicts(&self, other: &Fault) -> bool {
-        self.kind == Kind::SiteDown || other.kind == Kind::SiteDown || self.role == other.role
+    pub fn conflicts(&self, other: &Fault) -> bool {
+        self.kind.exclusive() || other.kind.exclusive() || self.role == other.role
     }
 }
 
@@ -94,6 +172,8 @@ pub struct Params {
     pub faults: usize,
     pub span: Duration,
     pub max_concurrent: usize,
+    /// Plan partitions (the backend can cut network legs).
+    pub partitions: bool,
 }
 
 /// The roles a campaign may hit (rule 5).
@@ -128,7 +208,60 @@ pub fn generate(topology: &Topology, params: &Params) -> Vec<Fault> {
         .collect();
     let mut wanted: Vec<Fault> = Vec::with_capacity(params.faults);
     let mut role_cycle: Vec<Role> = Vec::new();
+    let partitions = if params.partitions && sites.len() > 1 && params.faults >= 4 {
+        (params.faults / 12).max(1)
+    } else {
+        0
+    };
+    let zones: Vec<String> = topology
+        .zones
+        .iter()
+        .filter(|z| z.site.is_none())
+        .map(|z| z.name.clone())
+        .collect();
     for i in 0..params.faults {
+        let p = i.wrapping_sub(site_downs);
+        if i >= site_downs && p < 2 * partitions {
+            // Partitions and zone cuts alternate; the sites and zones take turns.
+            let k = p / 2;
+            let (a, b) = (&sites[k % sites.len()], &sites[(k + 1) % sites.len()]);
+            let fault = if p % 2 == 0 {
+                Fault {
+                    id: 0,
+                    kind: Kind::Partition,
+                    target: format!("{a}|{b}"),
+                    site: a.clone(),
+                    nodes: Vec::new(),
+                    role: "partition".into(),
+                    at: 0.0,
+                    hold: rng.random_range(10.0..25.0),
+                    legs: partition_legs(topology, a, b),
+                }
+            } else {
+                let zone = zones
+                    .get((k / sites.len()) % zones.len().max(1))
+                    .map_or("", String::as_str);
+                Fault {
+                    id: 0,
+                    kind: Kind::ZoneCut,
+                    target: format!("{zone}/{a}"),
+                    site: a.clone(),
+                    nodes: Vec::new(),
+                    role: "partition".into(),
+                    at: 0.0,
+                    hold: rng.random_range(8.0..20.0),
+                    legs: if zone.is_empty() {
+                        Vec::new()
+                    } else {
+                        zone_legs(topology, zone, a)
+                    },
+                }
+            };
+            if !fault.legs.is_empty() {
+                wanted.push(fault);
+                continue;
+            }
+        }
         if i < site_downs {
             let site = sites[i % sites.len()].clone();
             let nodes: Vec<String> = topology
@@ -146,6 +279,7 @@ pub fn generate(topology: &Topology, params: &Params) -> Vec<Fault> {
                 role: "site".into(),
                 at: 0.0,
                 hold: rng.random_range(8.0..15.0),
+                legs: Vec::new(),
             });
             continue;
         }
@@ -175,6 +309,7 @@ pub fn generate(topology: &Topology, params: &Params) -> Vec<Fault> {
             role: role.as_str().to_string(),
             at: 0.0,
             hold,
+            legs: Vec::new(),
         });
     }
     wanted.shuffle(&mut rng);
@@ -250,6 +385,7 @@ mod tests {
             faults,
             span: Duration::from_secs(span),
             max_concurrent: 2,
+            partitions: false,
         }
     }
 
@@ -302,6 +438,74 @@ mod tests {
                 );
             }
             assert!(faults.iter().any(|f| f.kind == Kind::SiteDown));
+        }
+    }
+
+    #[test]
+    fn partitions_cut_every_leg_between_the_sites_and_only_those() {
+        let docker = fabric::compose::plan(&two_site())
+            .expect("docker plan")
+            .topology;
+        let legs = partition_legs(&docker, "west", "east");
+        let west = docker
+            .nodes
+            .iter()
+            .filter(|n| n.site == "west" && n.role() != Role::Sink);
+        let east = docker.nodes.iter().filter(|n| n.site == "east");
+        // Every node but the sink has a leg on the other site's LAN, and loses exactly it.
+        assert_eq!(legs.len(), west.clone().count() + east.clone().count());
+        for n in west {
+            assert!(legs.contains(&Leg {
+                node: n.name.clone(),
+                network: "lan-east".into(),
+                address: n.networks["lan-east"],
+            }));
+        }
+        for n in east {
+            assert!(
+                legs.iter()
+                    .any(|l| l.node == n.name && l.network == "lan-west")
+            );
+        }
+        assert!(legs.iter().all(|l| !l.node.starts_with("sink")));
+        // Cutting the Internet off west takes the legs of west's routers, relays and dns there.
+        let cut = zone_legs(&docker, "internet", "west");
+        let mut names: Vec<&str> = cut.iter().map(|l| l.node.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "dns-w",
+                "relay-w1",
+                "relay-w2",
+                "router-inet-w1",
+                "router-inet-w2"
+            ]
+        );
+        let mut p = params(11, 50, 900);
+        p.partitions = true;
+        let faults = generate(&docker, &p);
+        let parts: Vec<&Fault> = faults
+            .iter()
+            .filter(|f| matches!(f.kind, Kind::Partition | Kind::ZoneCut))
+            .collect();
+        assert!(
+            parts.iter().any(|f| f.kind == Kind::Partition),
+            "{}",
+            describe(&faults)
+        );
+        assert!(
+            parts.iter().any(|f| f.kind == Kind::ZoneCut),
+            "{}",
+            describe(&faults)
+        );
+        for f in &parts {
+            assert!(!f.legs.is_empty());
+            assert!(
+                faults.iter().all(|o| o.id == f.id || !o.overlaps(f)),
+                "#{} overlaps another fault",
+                f.id
+            );
         }
     }
 
