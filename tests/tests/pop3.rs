@@ -266,3 +266,99 @@ print(json.dumps(out))
     );
     Ok(())
 }
+
+/// RETR and TOP read the next messages of the maildrop ahead in one store request (up to 32 messages
+/// or 256 KiB by listed size): whatever order a client asks in, every message comes back byte for byte
+/// (RFC 1939: dot-stuffed on the wire, which poplib undoes), and the store is asked only when a message
+/// is not in the window the last request brought.
+#[tokio::test]
+async fn retr_reads_ahead_yet_every_message_comes_back_byte_for_byte() -> anyhow::Result<()> {
+    const USER: &str = "cat@acme.example";
+    let sandbox = Sandbox::start("topology/mini.toml").await?;
+    let store = common::store(&sandbox, "store-a");
+    store
+        .put_user(
+            USER,
+            &json!({"password_hash": common::argon2_hash("read ahead")?, "notify": "none"}),
+        )
+        .await?;
+    // 40 messages; the 20th is 300 KiB, more than a window may hold, so it comes alone.
+    let mut bodies = Vec::new();
+    for i in 1..=40 {
+        let filler = if i == 20 {
+            vec!["x".repeat(76); 4000].join("\r\n")
+        } else {
+            format!("line {i}")
+        };
+        let body = format!(
+            "From: bob@remote.example\r\nSubject: number {i}\r\n\r\n.{i} starts with a dot\r\n{filler}\r\n"
+        );
+        store
+            .append(
+                USER,
+                "INBOX",
+                Some(&format!("ahead-{i}")),
+                &[],
+                body.clone(),
+            )
+            .await?;
+        bodies.push(body);
+    }
+    let (pop_host, pop_port) = common::host_port(&sandbox.url("intranet-a", "pop3"));
+    let env = [
+        ("POP_HOST", pop_host),
+        ("POP_PORT", pop_port),
+        ("CA", sandbox.tls_dir().join("ca.pem").display().to_string()),
+    ];
+    let r = common::python(
+        r#"
+import json, os, poplib, ssl
+ctx = ssl.create_default_context(cafile=os.environ["CA"])
+p = poplib.POP3(os.environ["POP_HOST"], int(os.environ["POP_PORT"]), timeout=30)
+p.stls(context=ctx)
+p.user("cat@acme.example"); p.pass_("read ahead")
+def text(lines):
+    return "".join(l.decode() + "\r\n" for l in lines)
+out = {"stat": list(p.stat()), "retr": {}}
+# The last first, then in order, then one again; TOP of one the last window brought.
+for n in [40] + list(range(1, 40)) + [5]:
+    out["retr"].setdefault(str(n), []).append(text(p.retr(n)[1]))
+out["top"] = text(p.top(7, 0)[1])
+p.quit()
+print(json.dumps(out))
+"#,
+        &env,
+    )
+    .await?;
+    assert_eq!(r["stat"][0], 40, "{}", r["stat"]);
+    for (i, body) in bodies.iter().enumerate() {
+        let n = (i + 1).to_string();
+        let got = r["retr"][&n].as_array().context("every message was read")?;
+        for copy in got {
+            assert_eq!(copy.as_str(), Some(body.as_str()), "RETR {n}");
+        }
+    }
+    assert_eq!(r["retr"]["5"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        r["top"].as_str(),
+        bodies[6]
+            .split("\r\n\r\n")
+            .next()
+            .map(|h| format!("{h}\r\n\r\n"))
+            .as_deref(),
+        "TOP 7 0: the header and the empty line"
+    );
+    // Store requests: 40 (alone at the end), 1 (brings 2..19: 20 does not fit), 20 (alone),
+    // 21 (brings 22..40), 5 again (brings 6..19, so TOP 7 needs none). The other 37 were read ahead.
+    let m = common::metrics(&sandbox, "intranet-a").await?;
+    let served = |source: &str| {
+        common::metric_sum(
+            &m,
+            "fabric_intranet_pop3_bodies_total",
+            &[("source", source)],
+        )
+    };
+    assert_eq!(served("store"), 5.0);
+    assert_eq!(served("read_ahead"), 37.0);
+    Ok(())
+}

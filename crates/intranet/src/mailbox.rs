@@ -1,7 +1,8 @@
 //! Customers' mailboxes as the intranet server's protocols see them: logins checked against the
 //! argon2 hashes of the directory, messages on the mailbox's home store.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use argon2::PasswordVerifier;
@@ -20,11 +21,54 @@ pub struct Mailboxes {
     pub logins: LoginCache,
 }
 
+/// How far a POP3 RETR or TOP reads ahead: clients fetch a maildrop in order, so the store request
+/// for one message brings the next ones too (the IMAP side fetches whole ranges the same way), up to
+/// this many messages and this many bytes by the sizes listed at login (the first one always comes).
+const READ_AHEAD_MESSAGES: usize = 32;
+const READ_AHEAD_BYTES: u64 = 256 * 1024;
+
 /// One user's INBOX, listed at login.
 pub struct Inbox {
     user: String,
     store: StoreClient,
     messages: Vec<MessageRef>,
+    /// Bodies read ahead and not asked for yet, by UID: at most one window, replaced by the next
+    /// store request. A message's bytes never change, so what was read ahead stays right.
+    ahead: Mutex<BTreeMap<i64, bytes::Bytes>>,
+}
+
+impl Inbox {
+    fn new(user: String, store: StoreClient, messages: Vec<MessageRef>) -> Inbox {
+        Inbox {
+            user,
+            store,
+            messages,
+            ahead: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The UIDs one store request fetches for `uid`: it and the messages listed after it.
+    fn window(&self, uid: i64) -> Vec<i64> {
+        let Some(at) = self.messages.iter().position(|m| m.uid == uid) else {
+            return vec![uid];
+        };
+        let mut bytes = 0u64;
+        let mut uids = Vec::new();
+        for m in &self.messages[at..] {
+            let full = uids.len() >= READ_AHEAD_MESSAGES
+                || bytes.saturating_add(m.size) > READ_AHEAD_BYTES;
+            if !uids.is_empty() && full {
+                break;
+            }
+            bytes = bytes.saturating_add(m.size);
+            uids.push(m.uid);
+        }
+        uids
+    }
+
+    fn take_ahead(&self, uid: i64) -> Option<bytes::Bytes> {
+        self.ahead.lock().ok().and_then(|mut a| a.remove(&uid))
+    }
 }
 
 impl Mailboxes {
@@ -98,11 +142,7 @@ impl pop3::Backend for Mailboxes {
             })
             .collect();
         tracing::info!(user = %address, "POP3 login");
-        Ok(Inbox {
-            user: address,
-            store,
-            messages,
-        })
+        Ok(Inbox::new(address, store, messages))
     }
 }
 
@@ -112,11 +152,25 @@ impl pop3::Maildrop for Inbox {
     }
 
     async fn fetch(&self, uid: i64) -> Result<Vec<u8>, String> {
-        self.store
-            .fetch(&self.user, "INBOX", uid, None)
+        if let Some(body) = self.take_ahead(uid) {
+            metrics::counter!("fabric_intranet_pop3_bodies_total", "source" => "read_ahead")
+                .increment(1);
+            return Ok(body.to_vec());
+        }
+        metrics::counter!("fabric_intranet_pop3_bodies_total", "source" => "store").increment(1);
+        let mut got = self
+            .store
+            .fetch_many(&self.user, "INBOX", &self.window(uid))
             .await
-            .map(|b| b.to_vec())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let Some(at) = got.iter().position(|(u, _)| *u == uid) else {
+            return Err(format!("message UID {uid} is no longer in the INBOX"));
+        };
+        let (_, body) = got.remove(at);
+        if let Ok(mut ahead) = self.ahead.lock() {
+            *ahead = got.into_iter().collect();
+        }
+        Ok(body.to_vec())
     }
 
     async fn expunge(&self, uids: Vec<i64>) -> Result<(), String> {

@@ -20,10 +20,22 @@ use topology::Role;
 
 const MAX_SESSIONS: usize = 1000;
 
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "fabric_intranet_login_cache_total",
+        "POP3, IMAP and submission logins by whether a recent argon2 verification was reused (hit) or argon2 ran (miss)."
+    );
+    metrics::describe_counter!(
+        "fabric_intranet_pop3_bodies_total",
+        "Message bodies POP3 RETR and TOP served, by source: store (a store request, which reads the next messages ahead) or read_ahead."
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
     let ctx = NodeContext::init(&args, Role::Intranet)?;
+    describe_metrics();
     let pop3_listener = sessions::bind(&ctx, "pop3").await?;
     let imap_listener = sessions::bind(&ctx, "imap").await?;
     let admin = TcpListener::bind(ctx.node.admin_addr())
