@@ -86,13 +86,7 @@ impl Sandbox {
             _slot: slot,
             _dir: dir,
         };
-        let names: Vec<String> = sandbox
-            .launcher
-            .topology
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
+        let names = sandbox.launcher.topology.node_names();
         for name in &names {
             sandbox.spawn(name)?;
         }

@@ -88,6 +88,11 @@ impl Topology {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Every node's name, in the topology's order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
     pub fn nodes_with_role(&self, role: Role) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(move |n| n.role() == role)
     }

@@ -160,12 +160,7 @@ impl Loopback {
     }
 
     fn node_names(&self) -> Vec<String> {
-        self.launcher
-            .topology
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect()
+        self.launcher.topology.node_names()
     }
 
     fn pid(&self, node: &str) -> Option<u32> {

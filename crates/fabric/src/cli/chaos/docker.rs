@@ -35,13 +35,7 @@ impl Docker {
             ids: Mutex::new(HashMap::new()),
         };
         // Every container exists and answers /ready (a deployment just brought up is given time).
-        let names: Vec<String> = docker
-            .launcher
-            .topology
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect();
+        let names = docker.launcher.topology.node_names();
         for name in &names {
             docker
                 .id(name)
