@@ -13,6 +13,7 @@
 //! - `queue_admin`: operators' hold, release, flush and metadata changes of queue items.
 //! - `writer`: the group-commit writer task.
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
+//! - `replog`: the replication log, which keeps operations but takes bodies from their rows.
 //! - `replicas`: the copies this store holds for other stores.
 //! - `rebuild`: refilling a store that lost its disk from its mirror.
 //! - `epoch`: which writer continues a store's history; `rejoin`: a store that comes back after a
@@ -32,6 +33,7 @@ mod rebuild;
 mod rejoin;
 mod replicas;
 mod replication;
+mod replog;
 mod requests;
 mod telemetry;
 mod util;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::Store;
 use crate::error::StoreError;
-use crate::ops::{self, PhysOp};
+use crate::ops::PhysOp;
 use crate::rebuild;
 use crate::requests::{Reply, Request, split_flags};
 
@@ -107,15 +107,9 @@ pub struct Tail {
 
 async fn read_tail(store: &Store, from_lsn: u64) -> Result<Tail, StoreError> {
     let pool = store.readers();
-    let rows: Vec<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT lsn, batch FROM replog WHERE lsn >= ? ORDER BY lsn")
-            .bind(from_lsn as i64)
-            .fetch_all(&pool)
-            .await?;
-    let mut ops = Vec::new();
-    for (_, batch) in &rows {
-        ops.extend(ops::decode_batch(batch)?);
-    }
+    let rows = crate::replog::read(&pool, from_lsn, i64::MAX).await?;
+    let batches = rows.len();
+    let ops: Vec<PhysOp> = rows.into_iter().flat_map(|(_, batch)| batch).collect();
     let mut ids = HashMap::new();
     for op in &ops {
         let (PhysOp::MessageExpunge { user, folder, uid }
@@ -137,12 +131,7 @@ async fn read_tail(store: &Store, from_lsn: u64) -> Result<Tail, StoreError> {
             ids.insert((user.clone(), folder.clone(), *uid), id);
         }
     }
-    tracing::info!(
-        from_lsn,
-        batches = rows.len(),
-        ops = ops.len(),
-        "read this store's tail"
-    );
+    tracing::info!(from_lsn, batches, ops = ops.len(), "read this store's tail");
     Ok(Tail { ops, ids })
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Handlers send [`Request`]s; the writer takes every request waiting (up to a batch limit), decides
 //! each one's physical operations (ids, UIDs, leases), applies them in one transaction, appends the
-//! batch to the replication log in that same transaction, commits (one fsync for the whole batch) and
+//! batch to the replication log (`replog`, without bodies) in that same transaction, commits (one fsync for the whole batch) and
 //! hands the batch to replication. Each handler then gets its [`Reply`] and the sequence number (LSN) it
 //! must see mirrored before it answers the client. So concurrent writers share fsyncs, and the mirror
 //! round trip of one batch overlaps the commit of the next.
@@ -280,11 +280,13 @@ impl Writer {
             None
         } else {
             self.counters.lsn += 1;
+            // Mirrors get the whole batch; the log keeps it without the bodies this transaction
+            // also writes into their rows (see `replog`).
             let encoded = ops::encode_batch(&phys)?;
             db::exec(
                 &tx,
                 "INSERT INTO replog (lsn, batch) VALUES (?, ?)",
-                rusqlite::params![self.counters.lsn as i64, &encoded],
+                rusqlite::params![self.counters.lsn as i64, crate::replog::encode(&phys)?],
             )?;
             db::meta_set_sync(&tx, "lsn", self.counters.lsn as i64)?;
             db::meta_set_sync(&tx, "next_queue_id", self.counters.next_queue_id)?;

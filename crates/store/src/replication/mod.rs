@@ -500,19 +500,15 @@ impl Replication {
         let Some(pool) = self.readers() else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT lsn, batch FROM replog WHERE lsn >= ? ORDER BY lsn LIMIT 4096")
-                .bind(from as i64)
-                .fetch_all(&pool)
-                .await?;
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (lsn, b) in rows {
+        for (lsn, batch) in crate::replog::read(&pool, from, 4096).await? {
             if bytes > SHIP_BYTES {
                 break;
             }
+            let b = crate::ops::encode_batch(&batch)?;
             bytes += b.len();
-            out.push((lsn as u64, Bytes::from(b)));
+            out.push((lsn, Bytes::from(b)));
         }
         Ok(out)
     }
