@@ -1,6 +1,7 @@
-//! CPU time per write: what the store processes and the bench's own client burn for one mirrored
-//! write, read from `/proc/PID/stat` (user + system time of every thread, dead ones included) before
-//! and after each store measurement. On a shared, noisy machine writes/s move with the neighbours;
+//! CPU time and disk writes per write: what the store processes and the bench's own client burn for
+//! one mirrored write, read from `/proc/PID/stat` (user + system time of every thread, dead ones
+//! included), and what the stores write to the disk for it, read from `/proc/PID/io` (`write_bytes`:
+//! WAL frames, checkpoints, every file), before and after each store measurement. On a shared, noisy machine writes/s move with the neighbours;
 //! CPU time per write moves much less, so it is the figure to compare changes by.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,19 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// Bytes process `pid` (`self` for the bench) caused to be written to storage so far, if `/proc` says.
+fn written_bytes(pid: &str) -> Option<f64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Bytes the bench itself (the raw writers) caused to be written to storage so far.
+pub fn own_written_bytes() -> f64 {
+    written_bytes("self").unwrap_or(0.0)
+}
+
 /// User + system CPU seconds of process `pid` so far.
 pub fn process_seconds(pid: u32) -> Option<f64> {
     cpu_seconds(&pid.to_string())
@@ -30,6 +44,7 @@ pub fn process_seconds(pid: u32) -> Option<f64> {
 pub struct Reading {
     by_name: BTreeMap<String, f64>,
     client: f64,
+    written_by_name: BTreeMap<String, f64>,
 }
 
 /// The processes whose CPU a store row is charged: the stores, by name and pid.
@@ -51,16 +66,24 @@ impl Watch {
                 .map(|(name, pid)| (name.clone(), cpu_seconds(&pid.to_string()).unwrap_or(0.0)))
                 .collect(),
             client: cpu_seconds("self").unwrap_or(0.0),
+            written_by_name: self
+                .stores
+                .iter()
+                .map(|(name, pid)| (name.clone(), written_bytes(&pid.to_string()).unwrap_or(0.0)))
+                .collect(),
         }
     }
 }
 
-/// CPU microseconds per write over one measurement: all stores together, each store, the client.
+/// CPU microseconds per write over one measurement (all stores together, each store, the client), and
+/// KiB the stores wrote to the disk per write (all together, each store).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PerWrite {
     pub stores_us: f64,
     pub client_us: f64,
     pub by_store_us: BTreeMap<String, f64>,
+    pub disk_kib: f64,
+    pub disk_kib_by_store: BTreeMap<String, f64>,
 }
 
 impl PerWrite {
@@ -80,10 +103,20 @@ impl PerWrite {
                 (name.clone(), per(a - b))
             })
             .collect();
+        let disk_kib_by_store: BTreeMap<String, f64> = after
+            .written_by_name
+            .iter()
+            .map(|(name, a)| {
+                let b = before.written_by_name.get(name).copied().unwrap_or(*a);
+                (name.clone(), per(a - b) / 1e6 / 1024.0)
+            })
+            .collect();
         PerWrite {
             stores_us: by_store_us.values().sum(),
             client_us: per(after.client - before.client),
             by_store_us,
+            disk_kib: disk_kib_by_store.values().sum(),
+            disk_kib_by_store,
         }
     }
 
@@ -113,15 +146,37 @@ mod tests {
         let before = Reading {
             by_name: [("s1".to_string(), 1.0), ("s2".to_string(), 2.0)].into(),
             client: 0.5,
+            written_by_name: [("s1".to_string(), 0.0), ("s2".to_string(), 4096.0)].into(),
         };
         let after = Reading {
             by_name: [("s1".to_string(), 1.5), ("s2".to_string(), 2.25)].into(),
             client: 0.75,
+            written_by_name: [
+                ("s1".to_string(), 5000.0 * 8192.0),
+                ("s2".to_string(), 4096.0 + 5000.0 * 4096.0),
+            ]
+            .into(),
         };
         let p = PerWrite::between(&before, &after, 5000);
         assert!((p.by_store_us["s1"] - 100.0).abs() < 1e-9);
         assert!((p.stores_us - 150.0).abs() < 1e-9);
         assert!((p.client_us - 50.0).abs() < 1e-9);
         assert!((p.total_us() - 200.0).abs() < 1e-9);
+        assert!((p.disk_kib_by_store["s1"] - 8.0).abs() < 1e-9);
+        assert!((p.disk_kib - 12.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_own_disk_writes() {
+        // On the build directory's disk: a tmpfs /tmp writes nothing to storage.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let before = own_written_bytes();
+        let path = dir.path().join("f");
+        std::fs::write(&path, vec![1u8; 1 << 20]).expect("writes");
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .expect("syncs");
+        let after = own_written_bytes();
+        assert!(after - before >= (1 << 20) as f64, "{before} -> {after}");
     }
 }

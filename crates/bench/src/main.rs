@@ -374,7 +374,7 @@ async fn run(
         .service_addr("store")
         .with_context(|| format!("{} has no store port", args.store))?;
     // Warm up: connections, SQLite caches, the mirror link in sync.
-    store_load::enqueue(addr, 16, Duration::from_secs(1), 0, args.body_bytes).await?;
+    store_load::enqueue(addr, 16, Duration::from_secs(1), args.body_bytes).await?;
 
     let raw_dir = dir.join("raw");
     std::fs::create_dir_all(&raw_dir)?;
@@ -440,6 +440,7 @@ async fn run(
     };
     let mut smtp_rows: [Vec<smtp_load::SmtpSample>; 2] = [Vec::new(), Vec::new()];
     let mut cpu_rows: Vec<Vec<cpu::PerWrite>> = vec![Vec::new(); args.concurrency.len()];
+    let mut raw_kib: Vec<Vec<f64>> = vec![Vec::new(); args.raw_writers.len()];
     for round in 1..=args.rounds {
         eprintln!("round {round}/{}", args.rounds);
         if let Some((maildir, target, _, home, user)) = &smtp {
@@ -458,14 +459,18 @@ async fn run(
         let mut i = 0;
         for &w in &args.raw_writers {
             let d = raw_dir.clone();
+            let written = cpu::own_written_bytes();
             let s =
                 tokio::task::spawn_blocking(move || raw::append_fsync(&d, w, duration)).await??;
+            if s.count > 0 {
+                raw_kib[i].push((cpu::own_written_bytes() - written) / s.count as f64 / 1024.0);
+            }
             rows[i].rounds.push(s);
             i += 1;
         }
         for (j, &c) in args.concurrency.iter().enumerate() {
             let before = stores.read();
-            let s = store_load::enqueue(addr, c, duration, round, args.body_bytes).await?;
+            let s = store_load::enqueue(addr, c, duration, args.body_bytes).await?;
             cpu_rows[j].push(cpu::PerWrite::between(&before, &stores.read(), s.count));
             rows[i].rounds.push(s);
             i += 1;
@@ -476,7 +481,8 @@ async fn run(
     }
     tables::print_store(args, &rows);
     tables::print_cpu(args, &cpu_rows);
-    tables::summarize_store(args, &rows, &cpu_rows, summary);
+    tables::print_disk(args, &cpu_rows, &raw_kib);
+    tables::summarize_store(args, &rows, &cpu_rows, &raw_kib, summary);
     match &smtp {
         Some((_, _, mx, _, _)) => {
             let [fabric, postfix] = tables::print_smtp(args, mx, &smtp_rows);

@@ -93,6 +93,51 @@ pub fn print_cpu(args: &Args, rows: &[Vec<cpu::PerWrite>]) {
     }
 }
 
+/// Disk writes per write: what the stores wrote per mirrored write (all copies, WAL and checkpoints),
+/// beside what a raw writer wrote per 4 KiB append. When the disk's bandwidth is the limit, this is
+/// the figure that moves the store's rate.
+pub fn print_disk(args: &Args, rows: &[Vec<cpu::PerWrite>], raw_kib: &[Vec<f64>]) {
+    let names: Vec<String> = rows
+        .first()
+        .and_then(|r| r.first())
+        .map(|p| p.disk_kib_by_store.keys().cloned().collect())
+        .unwrap_or_default();
+    println!();
+    println!(
+        "Disk writes per write (KiB, write_bytes from /proc/PID/io; medians of {} rounds)",
+        args.rounds
+    );
+    let header: Vec<String> = names.iter().map(|n| format!("{n:>9}")).collect();
+    println!("{:<44} {:>8} {}", "measurement", "total", header.join(" "));
+    for (w, kib) in args.raw_writers.iter().zip(raw_kib) {
+        println!(
+            "{:<44} {:>8.1}",
+            format!("raw append+fsync, {w} writer(s)"),
+            median_of(kib)
+        );
+    }
+    for (c, samples) in args.concurrency.iter().zip(rows) {
+        let col = |f: &dyn Fn(&cpu::PerWrite) -> f64| {
+            median_of(&samples.iter().map(f).collect::<Vec<_>>())
+        };
+        let per_store: Vec<String> = names
+            .iter()
+            .map(|n| {
+                format!(
+                    "{:>9.1}",
+                    col(&|p| p.disk_kib_by_store.get(n).copied().unwrap_or(0.0))
+                )
+            })
+            .collect();
+        println!(
+            "{:<44} {:>8.1} {}",
+            format!("store enqueue, mirrored, concurrency {c}"),
+            col(&|p| p.disk_kib),
+            per_store.join(" ")
+        );
+    }
+}
+
 /// Prints the SMTP table; the medians (accept, end to end) of the fabric and of Postfix.
 pub fn print_smtp(
     args: &Args,
@@ -149,6 +194,7 @@ pub fn summarize_store(
     args: &Args,
     rows: &[Row],
     cpu_rows: &[Vec<cpu::PerWrite>],
+    raw_kib: &[Vec<f64>],
     summary: &mut Summary,
 ) {
     let area = "store (issue 2)";
@@ -186,5 +232,26 @@ pub fn summarize_store(
             )
             .fabric(total),
         );
+    }
+    // Disk bytes at the highest concurrency, against a raw writer's (the 20-writer row if measured).
+    let raw_disk = args
+        .raw_writers
+        .iter()
+        .zip(raw_kib)
+        .find(|(w, _)| **w == 20)
+        .or_else(|| args.raw_writers.iter().zip(raw_kib).next_back())
+        .map(|(w, k)| (median_of(k), format!("raw fsync, {w} writers")));
+    if let Some((c, samples)) = args.concurrency.iter().zip(cpu_rows).next_back() {
+        let kib = median_of(&samples.iter().map(|p| p.disk_kib).collect::<Vec<_>>());
+        let mut r = SummaryRow::new(
+            "disk per write",
+            format!("KiB the stores write per mirrored write, concurrency {c}"),
+            "KiB",
+        )
+        .fabric(kib);
+        if let Some((v, what)) = raw_disk {
+            r = r.against(v, &what);
+        }
+        summary.push(r);
     }
 }
