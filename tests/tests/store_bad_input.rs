@@ -303,6 +303,8 @@ async fn raw_exchange(addr: String, request: Vec<u8>) -> anyhow::Result<String> 
 
 #[tokio::test]
 async fn a_full_store_answers_507_and_keeps_what_it_had() -> anyhow::Result<()> {
+    // A queue no node of the fabric consumes: the transfer server leases `inbound` itself.
+    const QUEUE: &str = "fill";
     let sandbox = Sandbox::start_topology(limited()?).await?;
     let a = store(&sandbox, "store-a");
     let mut acked = Vec::new();
@@ -310,7 +312,7 @@ async fn a_full_store_answers_507_and_keeps_what_it_had() -> anyhow::Result<()> 
     for i in 0..200 {
         let id = format!("fill-{i}");
         match a
-            .enqueue("inbound", Some(&id), None, vec![b'f'; 60 * 1024])
+            .enqueue(QUEUE, Some(&id), None, vec![b'f'; 60 * 1024])
             .await
         {
             Ok(_) => acked.push(id),
@@ -329,12 +331,7 @@ async fn a_full_store_answers_507_and_keeps_what_it_had() -> anyhow::Result<()> 
     assert_eq!(err.code(), Some("storage_full"));
     assert!(err.is_retryable());
     let raw = a
-        .raw(
-            Method::POST,
-            "/v1/queues/inbound",
-            &[],
-            vec![b'f'; 60 * 1024],
-        )
+        .raw(Method::POST, "/v1/queues/fill", &[], vec![b'f'; 60 * 1024])
         .await?;
     assert_eq!(raw.status.as_u16(), 507);
     assert!(
@@ -349,7 +346,7 @@ async fn a_full_store_answers_507_and_keeps_what_it_had() -> anyhow::Result<()> 
 
     // Still alive, still serving what it had, on both copies.
     let held: Vec<String> = a
-        .list_queue("inbound", None)
+        .list_queue(QUEUE, None)
         .await?
         .into_iter()
         .map(|i| i.message_id)
@@ -357,20 +354,21 @@ async fn a_full_store_answers_507_and_keeps_what_it_had() -> anyhow::Result<()> 
     assert_eq!(held, acked);
     let b = store(&sandbox, "store-b");
     assert_eq!(
-        b.list_queue("inbound", Some("store-a")).await?.len(),
+        b.list_queue(QUEUE, Some("store-a")).await?.len(),
         acked.len()
     );
     // Small writes that fit in the last free pages may still go through; freeing space lets big ones in.
-    let leased = a.lease("inbound", 5, Duration::from_secs(60)).await?;
+    let leased = a.lease(QUEUE, 5, Duration::from_secs(60)).await?;
+    assert_eq!(leased.len(), 5, "five items to free");
     for l in &leased {
-        a.ack("inbound", l.id, &l.lease).await?;
+        a.ack(QUEUE, l.id, &l.lease).await?;
     }
     testkit::wait_until(
         "a write to fit after freeing space",
         Duration::from_secs(10),
         Duration::from_millis(100),
         || async {
-            a.enqueue("inbound", Some("after-free"), None, vec![b'g'; 30 * 1024])
+            a.enqueue(QUEUE, Some("after-free"), None, vec![b'g'; 30 * 1024])
                 .await
                 .is_ok()
         },
