@@ -285,14 +285,19 @@ async fn a_relay_holds_mail_while_the_home_site_is_down_and_hands_it_over_exactl
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(inbox(&ann).await?.len(), 2 + held_ids.len());
 
-    // The relays report what they did.
-    let mut delivered = 0.0;
+    // The relays report what they did. Both lease the same queues, so either may have done all of
+    // it: the sums count, not each relay's share.
+    let (mut delivered, mut deferred) = (0.0, 0.0);
     for relay in relays {
         let text = common::metrics(&sandbox, relay).await?;
         delivered += common::metric_sum(&text, "fabric_relay_delivered_total", &[]);
-        assert!(common::metric_sum(&text, "fabric_relay_deferred_total", &[]) >= 1.0);
+        deferred += common::metric_sum(&text, "fabric_relay_deferred_total", &[]);
     }
     assert_eq!(delivered, held_ids.len() as f64);
+    assert!(
+        deferred >= held_ids.len() as f64,
+        "every held message was deferred at least once: {deferred} deferrals"
+    );
     Ok(())
 }
 
