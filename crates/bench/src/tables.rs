@@ -68,15 +68,9 @@ pub fn print_cpu(args: &Args, rows: &[Vec<cpu::PerWrite>]) {
         let col = |f: &dyn Fn(&cpu::PerWrite) -> f64| {
             median_of(&samples.iter().map(f).collect::<Vec<_>>())
         };
-        let per_store: Vec<String> = names
-            .iter()
-            .map(|n| {
-                format!(
-                    "{:>9.1}",
-                    col(&|p| p.by_store_us.get(n).copied().unwrap_or(0.0))
-                )
-            })
-            .collect();
+        let per_store = store_columns(&names, |n| {
+            col(&|p| p.by_store_us.get(n).copied().unwrap_or(0.0))
+        });
         let all: Vec<String> = samples
             .iter()
             .map(|p| format!("{:.0}", p.total_us()))
@@ -91,6 +85,11 @@ pub fn print_cpu(args: &Args, rows: &[Vec<cpu::PerWrite>]) {
             all.join(" ")
         );
     }
+}
+
+/// One right-aligned column per store, in `names` order.
+fn store_columns(names: &[String], value: impl Fn(&str) -> f64) -> Vec<String> {
+    names.iter().map(|n| format!("{:>9.1}", value(n))).collect()
 }
 
 /// Disk writes per write: what the stores wrote per mirrored write (all copies, WAL and checkpoints),
@@ -120,15 +119,9 @@ pub fn print_disk(args: &Args, rows: &[Vec<cpu::PerWrite>], raw_kib: &[Vec<f64>]
         let col = |f: &dyn Fn(&cpu::PerWrite) -> f64| {
             median_of(&samples.iter().map(f).collect::<Vec<_>>())
         };
-        let per_store: Vec<String> = names
-            .iter()
-            .map(|n| {
-                format!(
-                    "{:>9.1}",
-                    col(&|p| p.disk_kib_by_store.get(n).copied().unwrap_or(0.0))
-                )
-            })
-            .collect();
+        let per_store = store_columns(&names, |n| {
+            col(&|p| p.disk_kib_by_store.get(n).copied().unwrap_or(0.0))
+        });
         println!(
             "{:<44} {:>8.1} {}",
             format!("store enqueue, mirrored, concurrency {c}"),
