@@ -1,4 +1,5 @@
-//! Opening a store database: SQLite in WAL mode with `synchronous = FULL`, so a commit returns only once
+//! Opening a store database: SQLite in WAL mode with `synchronous = FULL` (the writers then choose
+//! `NORMAL` and sync through `syncer`), so by default a commit returns only once
 //! its WAL frames are fsynced. The same schema holds a store's own data and the copies it keeps for the
 //! stores it mirrors, so a mirror's copy can become a store's data again by copying one file.
 
@@ -33,7 +34,12 @@ CREATE TABLE IF NOT EXISTS queue_items (
     attempts       INTEGER NOT NULL DEFAULT 0,
     last_error     TEXT,
     -- 1 while an operator holds the item: never leased until released.
-    held           INTEGER NOT NULL DEFAULT 0
+    held           INTEGER NOT NULL DEFAULT 0,
+    -- Where the body lies when it is not inline in `body` (see `bodies`).
+    body_seg       INTEGER,
+    body_off       INTEGER,
+    body_len       INTEGER,
+    body_crc       INTEGER
 );
 CREATE UNIQUE INDEX IF NOT EXISTS queue_items_message ON queue_items (message_id, queue);
 CREATE INDEX IF NOT EXISTS queue_items_visible ON queue_items (queue, visible_at_ms);
@@ -53,6 +59,10 @@ CREATE TABLE IF NOT EXISTS messages (
     internal_date_ms INTEGER NOT NULL,
     size             INTEGER NOT NULL,
     body             BLOB NOT NULL,
+    body_seg         INTEGER,
+    body_off         INTEGER,
+    body_len         INTEGER,
+    body_crc         INTEGER,
     PRIMARY KEY (user, folder, uid)
 );
 -- Every message id ever appended to a folder, expunged ones included: delivery is exactly once.
@@ -158,6 +168,7 @@ pub fn open_writer_sync(path: &Path, quota_bytes: Option<u64>) -> Result<Connect
     ))?;
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
+    conn.execute_batch(&crate::bodies::schema())?;
     conn.set_prepared_statement_cache_capacity(64);
     if let Some(quota) = quota_bytes.filter(|q| *q > 0) {
         let page_size = page_size_sync(&conn)?;
@@ -170,14 +181,25 @@ pub fn open_writer_sync(path: &Path, quota_bytes: Option<u64>) -> Result<Connect
 /// Brings a database written by an earlier version (a store's own data, a replica, a snapshot from an
 /// older mirror) up to [`SCHEMA`]: columns added since are added with their defaults.
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let columns = {
-        let mut stmt = conn.prepare("PRAGMA table_info(queue_items)")?;
+    let columns_of = |table: &str| -> Result<Vec<String>, StoreError> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
         let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
-        names.collect::<Result<Vec<String>, _>>()?
+        Ok(names.collect::<Result<Vec<String>, _>>()?)
     };
-    if !columns.iter().any(|c| c == "held") {
+    if !columns_of("queue_items")?.iter().any(|c| c == "held") {
         conn.execute_batch("ALTER TABLE queue_items ADD COLUMN held INTEGER NOT NULL DEFAULT 0")?;
         tracing::info!("database migrated: queue_items.held added");
+    }
+    for table in ["queue_items", "messages"] {
+        if !columns_of(table)?.iter().any(|c| c == "body_seg") {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN body_seg INTEGER;
+                 ALTER TABLE {table} ADD COLUMN body_off INTEGER;
+                 ALTER TABLE {table} ADD COLUMN body_len INTEGER;
+                 ALTER TABLE {table} ADD COLUMN body_crc INTEGER;"
+            ))?;
+            tracing::info!(table, "database migrated: body segment columns added");
+        }
     }
     Ok(())
 }
@@ -284,11 +306,15 @@ pub fn meta_set_sync(conn: &Connection, key: &str, value: i64) -> Result<(), Sto
     Ok(())
 }
 
-/// Bytes the database holds now (its pages minus the free ones), on the writer's connection.
+/// Bytes the store holds now: its database's pages minus the free ones, plus the bodies rows
+/// reference in segment files (see `bodies`), on the writer's connection.
 pub fn used_bytes_sync(conn: &Connection) -> Result<u64, StoreError> {
     let pages: i64 = scalar_one(conn, "PRAGMA page_count", [])?;
     let free: i64 = scalar_one(conn, "PRAGMA freelist_count", [])?;
-    Ok((pages.saturating_sub(free)).max(0) as u64 * page_size_sync(conn)?)
+    Ok(
+        (pages.saturating_sub(free)).max(0) as u64 * page_size_sync(conn)?
+            + crate::bodies::live_bytes(conn)?,
+    )
 }
 
 /// Opens a pool of read connections to a database the writer has already created.
@@ -300,16 +326,29 @@ pub async fn open_readers(path: &Path) -> Result<SqlitePool, StoreError> {
         .await?)
 }
 
-/// Writes a consistent copy of a database to `dest` (which must not exist), using `VACUUM INTO`.
-pub async fn snapshot_into(pool: &SqlitePool, dest: &Path) -> Result<(), StoreError> {
-    let dest = dest
+/// Writes a consistent copy of a database to `dest` (which must not exist), using `VACUUM INTO`,
+/// with every body inline so the copy stands alone (see `bodies::inline_snapshot`).
+pub async fn snapshot_into(
+    pool: &SqlitePool,
+    bodies: &std::sync::Arc<crate::bodies::Bodies>,
+    dest: &Path,
+) -> Result<(), StoreError> {
+    // No segment is deleted from before the copy is taken until its bodies are read.
+    let pin = bodies.pin().await;
+    let dest_str = dest
         .to_str()
         .ok_or_else(|| StoreError::Internal("snapshot path is not UTF-8".into()))?;
     sqlx::query("VACUUM INTO ?")
-        .bind(dest)
+        .bind(dest_str)
         .execute(pool)
         .await?;
-    Ok(())
+    let (bodies, dest) = (bodies.clone(), dest.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let _pin = pin;
+        crate::bodies::inline_snapshot(&dest, &bodies)
+    })
+    .await
+    .map_err(|e| StoreError::Internal(format!("snapshot thread: {e}")))?
 }
 
 /// Removes a database file and its WAL and shared-memory files.

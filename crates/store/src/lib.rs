@@ -6,12 +6,14 @@
 //! and on a mirror (see `replication`). It also holds the copies of the stores it mirrors (`replicas`).
 //!
 //! # Layout
-//! - `db`: SQLite files (WAL, `synchronous = FULL`), schema, snapshots.
+//! - `db`: SQLite files (WAL), schema, snapshots.
+//! - `bodies`: message bodies in append-only segment files beside each database, and their upkeep.
 //! - `ops`: physical operations, applied identically by a store and its mirrors.
 //! - `requests`: write requests and how they become physical operations.
 //! - `mailbox_move`: mailbox homes (epochs) and the import that merges a mailbox from another store.
 //! - `queue_admin`: operators' hold, release, flush and metadata changes of queue items.
-//! - `writer`: the group-commit writer task.
+//! - `writer`: the group-commit writer task; `syncer`: the thread that makes its commits durable
+//!   while it goes on.
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
 //! - `replog`: the replication log, which keeps operations but takes bodies from their rows.
 //! - `replicas`: the copies this store holds for other stores.
@@ -23,6 +25,7 @@
 //! The store knows nothing of SMTP, IMAP or mail parsing: bodies are bytes.
 
 mod api;
+mod bodies;
 mod db;
 mod epoch;
 mod error;
@@ -35,6 +38,7 @@ mod replicas;
 mod replication;
 mod replog;
 mod requests;
+mod syncer;
 mod telemetry;
 mod util;
 mod writer;
@@ -50,6 +54,7 @@ use node_runtime::admin::{AdminServer, Readiness};
 use sqlx::SqlitePool;
 use tokio::net::TcpListener;
 
+use bodies::Bodies;
 pub use error::StoreError;
 use replicas::Replicas;
 use replication::{MirrorKind, Replication};
@@ -85,6 +90,8 @@ pub struct Store {
     pub config: StoreConfig,
     writer: WriterHandle,
     readers: RwLock<SqlitePool>,
+    /// The segment files holding this store's bodies (see `bodies`).
+    bodies: Arc<Bodies>,
     repl: Arc<Replication>,
     replicas: Replicas,
     ready: Readiness,
@@ -101,7 +108,7 @@ impl Store {
     }
 
     fn set_readers(&self, pool: SqlitePool) {
-        self.repl.set_readers(pool.clone());
+        self.repl.set_readers(pool.clone(), self.bodies.clone());
         *self.readers.write().unwrap_or_else(|p| p.into_inner()) = pool;
     }
 
@@ -166,12 +173,21 @@ pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> a
         ctx.data_dir.clone(),
         config.mirror_timeout,
     );
-    let writer = Writer::open(db_path.clone(), config.quota_bytes, repl.clone())
-        .await
-        .with_context(|| format!("opening {}", db_path.display()))?;
+    let bodies = Bodies::beside(&db_path);
+    let writer = Writer::open(
+        db_path.clone(),
+        config.quota_bytes,
+        repl.clone(),
+        bodies.clone(),
+    )
+    .await
+    .with_context(|| format!("opening {}", db_path.display()))?;
     repl.reset(writer.lsn());
+    // Lost bodies (a power loss before they were synced) make this copy one to replace, as a lost
+    // disk is: from the newest copy a mirror holds.
+    let damaged = writer.damaged_bodies() > 0;
     let readers = db::open_readers(&db_path).await?;
-    repl.set_readers(readers.clone());
+    repl.set_readers(readers.clone(), bodies.clone());
     let replicas = Replicas::open(&ctx.topology.mirrored_by(&me), &ctx.data_dir)
         .await
         .context("opening the copies of mirrored stores")?;
@@ -181,6 +197,7 @@ pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> a
         config,
         writer: writer.spawn(),
         readers: RwLock::new(readers),
+        bodies,
         repl: repl.clone(),
         replicas,
         ready: ready.clone(),
@@ -204,7 +221,7 @@ pub async fn serve(ctx: NodeContext, data: TcpListener, admin: TcpListener) -> a
 
     // Stores answer their mirrors' questions before they serve their own data, so two fresh stores
     // that mirror each other can both start.
-    if fresh && repl.has_mirrors() {
+    if (fresh || damaged) && repl.has_mirrors() {
         rebuild::recover_if_lost(&store).await?;
     } else if repl.has_mirrors() {
         rejoin::rejoin_if_superseded(&store).await?;

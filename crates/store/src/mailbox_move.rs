@@ -366,21 +366,32 @@ fn renumber(
         .map(|m| (m.message_id.as_str(), m))
         .collect();
     // The target's own messages, bodies included, before the reset empties the folder.
-    let mut keep: Vec<SourceMessage> = db::rows_all(
+    let rows = db::rows_all(
         ctx.conn,
-        "SELECT uid, message_id, flags, internal_date_ms, body FROM messages
-         WHERE user = ? AND folder = ?",
+        &format!(
+            "SELECT uid, message_id, flags, internal_date_ms, {} FROM messages
+             WHERE user = ? AND folder = ?",
+            crate::bodies::COLUMNS
+        ),
         params![user, folder],
         |r| {
-            Ok(SourceMessage {
-                uid: r.get(0)?,
-                message_id: r.get(1)?,
-                flags: split_flags(&r.get::<_, String>(2)?),
-                internal_date_ms: r.get(3)?,
-                body: Some(r.get(4)?),
-            })
+            Ok((
+                SourceMessage {
+                    uid: r.get(0)?,
+                    message_id: r.get(1)?,
+                    flags: split_flags(&r.get::<_, String>(2)?),
+                    internal_date_ms: r.get(3)?,
+                    body: None,
+                },
+                crate::bodies::Stored::from_row(r, 4)?,
+            ))
         },
     )?;
+    let mut keep = Vec::with_capacity(rows.len());
+    for (mut m, stored) in rows {
+        m.body = Some(ctx.bodies.get(stored)?);
+        keep.push(m);
+    }
     let before = keep.len();
     keep.retain(|m| !dead.contains(m.message_id.as_str()));
     out.tombstoned = (before - keep.len()) as u64;

@@ -5,6 +5,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{HomeSet, ImportFolder, SourceMessage};
+use crate::bodies::{Appender, Bodies};
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
@@ -14,6 +15,7 @@ use crate::writer::Counters;
 struct Db {
     _dir: tempfile::TempDir,
     conn: Connection,
+    bodies: Appender,
     counters: Counters,
     shipped: Vec<PhysOp>,
 }
@@ -23,10 +25,13 @@ const U: &str = "alice@acme.example";
 impl Db {
     fn open() -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = db::open_writer_sync(&dir.path().join("store.sqlite"), None).expect("opens");
+        let path = dir.path().join("store.sqlite");
+        let conn = db::open_writer_sync(&path, None).expect("opens");
+        let bodies = Appender::open(&conn, Bodies::beside(&path)).expect("segments");
         Db {
             _dir: dir,
             conn,
+            bodies,
             counters: Counters::default(),
             shipped: Vec::new(),
         }
@@ -39,8 +44,10 @@ impl Db {
             counters: &mut self.counters,
             now_ms,
             phys: &mut phys,
+            bodies: &mut self.bodies,
         };
         let reply = requests::execute(&mut ctx, &mut request);
+        self.bodies.flush(&self.conn).expect("flushes");
         self.shipped.extend(phys);
         reply
     }
@@ -102,20 +109,32 @@ impl Db {
         .unwrap_or((1, 1));
         let messages = db::rows_all(
             &self.conn,
-            "SELECT uid, message_id, flags, internal_date_ms, body FROM messages
-             WHERE user = ? AND folder = 'INBOX' ORDER BY uid",
+            &format!(
+                "SELECT uid, message_id, flags, internal_date_ms, {} FROM messages
+                 WHERE user = ? AND folder = 'INBOX' ORDER BY uid",
+                crate::bodies::COLUMNS
+            ),
             [U],
             |r| {
-                Ok(SourceMessage {
-                    uid: r.get(0)?,
-                    message_id: r.get(1)?,
-                    flags: requests::split_flags(&r.get::<_, String>(2)?),
-                    internal_date_ms: r.get(3)?,
-                    body: Some(r.get(4)?),
-                })
+                Ok((
+                    SourceMessage {
+                        uid: r.get(0)?,
+                        message_id: r.get(1)?,
+                        flags: requests::split_flags(&r.get::<_, String>(2)?),
+                        internal_date_ms: r.get(3)?,
+                        body: None,
+                    },
+                    crate::bodies::Stored::from_row(r, 4)?,
+                ))
             },
         )
-        .expect("reads");
+        .expect("reads")
+        .into_iter()
+        .map(|(mut m, stored)| {
+            m.body = Some(self.bodies.get(stored).expect("body"));
+            m
+        })
+        .collect::<Vec<_>>();
         let expunged = db::rows_all(
             &self.conn,
             "SELECT d.message_id, d.uid FROM delivered d WHERE d.user = ? AND d.folder = 'INBOX'
@@ -293,7 +312,7 @@ fn another_lineage_takes_the_new_messages_above_its_uidnext() {
 
 #[test]
 fn a_mirror_replaying_the_import_ends_equal() {
-    let (mut home, mut other, mirror) = (Db::open(), Db::open(), Db::open());
+    let (mut home, mut other, mut mirror) = (Db::open(), Db::open(), Db::open());
     home.append(1_000_000, "m1");
     home.append(1_000_001, "m2");
     home.expunge(1);
@@ -302,8 +321,9 @@ fn a_mirror_replaying_the_import_ends_equal() {
     home.append(4_000_000, "m3");
     other.import(5_000_000, &home, false);
     for op in other.shipped.iter().chain(other.shipped.iter()) {
-        ops::apply(&mirror.conn, op).expect("applies");
+        ops::apply(&mirror.conn, &mut mirror.bodies, op).expect("applies");
     }
+    mirror.bodies.flush(&mirror.conn).expect("flushes");
     assert_eq!(mirror.inbox(), other.inbox());
     assert_eq!(mirror.delivered(), other.delivered());
     assert_eq!(mirror.uidvalidity(), other.uidvalidity());
@@ -336,7 +356,7 @@ fn homes_only_move_forward() {
         epoch: 1,
         updated_at_ms: 1,
     };
-    ops::apply(&db.conn, &old).expect("applies");
+    ops::apply(&db.conn, &mut db.bodies, &old).expect("applies");
     let store: String = db::scalar_one(
         &db.conn,
         "SELECT store FROM mailbox_homes WHERE address = ?",

@@ -6,6 +6,7 @@
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
+use crate::bodies::Appender;
 use crate::db;
 
 use crate::error::StoreError;
@@ -163,7 +164,8 @@ pub fn mailbox_location(user: &str, folder: &str, uid: i64) -> String {
 }
 
 /// Applies one operation. Returns the number of rows it changed (0 when it had already been applied).
-pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
+/// Bodies go where `bodies` puts them (a segment file, or inline).
+pub fn apply(conn: &Connection, bodies: &mut Appender, op: &PhysOp) -> Result<u64, StoreError> {
     let rows = match op {
         PhysOp::QueueInsert {
             queue,
@@ -174,8 +176,15 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
             enqueued_at_ms,
             visible_at_ms,
         } => {
-            db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, body, enqueued_at_ms, visible_at_ms])?
+            let at = bodies.put(conn, body)?;
+            let (seg, off, len, crc) = crate::bodies::columns(at);
+            let inline: &[u8] = if at.is_some() { &[] } else { body };
+            let r = db::exec(conn, "INSERT INTO queue_items (queue, id, message_id, meta, body, body_seg, body_off, body_len, body_crc, enqueued_at_ms, visible_at_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![queue, id, message_id, meta, inline, seg, off, len, crc, enqueued_at_ms, visible_at_ms])?;
+            if r == 0 {
+                bodies.unput(at);
+            }
+            r
         }
         PhysOp::QueueLease {
             queue,
@@ -209,8 +218,14 @@ pub fn apply(conn: &Connection, op: &PhysOp) -> Result<u64, StoreError> {
             internal_date_ms,
             body,
         } => {
-            let r = db::exec(conn, "INSERT INTO messages (user, folder, uid, message_id, flags, internal_date_ms, size, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![user, folder, uid, message_id, flags, internal_date_ms, body.len() as i64, body])?;
+            let at = bodies.put(conn, body)?;
+            let (seg, off, len, crc) = crate::bodies::columns(at);
+            let inline: &[u8] = if at.is_some() { &[] } else { body };
+            let r = db::exec(conn, "INSERT INTO messages (user, folder, uid, message_id, flags, internal_date_ms, size, body, body_seg, body_off, body_len, body_crc)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", params![user, folder, uid, message_id, flags, internal_date_ms, body.len() as i64, inline, seg, off, len, crc])?;
+            if r == 0 {
+                bodies.unput(at);
+            }
             db::exec(conn, "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
                  ON CONFLICT DO NOTHING", params![user, folder, message_id, uid])?;
             db::exec(conn, "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?", params![uid, user, folder])?;

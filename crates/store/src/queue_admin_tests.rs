@@ -5,6 +5,7 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::AdminRequest;
+use crate::bodies::{Appender, Bodies};
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
@@ -14,6 +15,7 @@ use crate::writer::Counters;
 struct Db {
     _dir: tempfile::TempDir,
     conn: Connection,
+    bodies: Appender,
     counters: Counters,
     /// Every operation applied, in order: what the mirror is shipped.
     shipped: Vec<PhysOp>,
@@ -22,10 +24,13 @@ struct Db {
 impl Db {
     fn open() -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
-        let conn = db::open_writer_sync(&dir.path().join("store.sqlite"), None).expect("opens");
+        let path = dir.path().join("store.sqlite");
+        let conn = db::open_writer_sync(&path, None).expect("opens");
+        let bodies = Appender::open(&conn, Bodies::beside(&path)).expect("segments");
         Db {
             _dir: dir,
             conn,
+            bodies,
             counters: Counters {
                 next_queue_id: 1,
                 ..Counters::default()
@@ -41,8 +46,10 @@ impl Db {
             counters: &mut self.counters,
             now_ms,
             phys: &mut phys,
+            bodies: &mut self.bodies,
         };
         let reply = requests::execute(&mut ctx, &mut request);
+        self.bodies.flush(&self.conn).expect("flushes");
         self.shipped.extend(phys);
         reply
     }
@@ -271,11 +278,12 @@ fn a_mirror_replaying_the_operations_twice_holds_the_same_rows() {
     );
     // Through the wire format, as replication ships it.
     let batch = ops::decode_batch(&ops::encode_batch(&shipped).expect("encodes")).expect("decodes");
-    let mirror = Db::open();
+    let mut mirror = Db::open();
     for _ in 0..2 {
         for op in &batch {
-            ops::apply(&mirror.conn, op).expect("applies");
+            ops::apply(&mirror.conn, &mut mirror.bodies, op).expect("applies");
         }
+        mirror.bodies.flush(&mirror.conn).expect("flushes");
         assert_eq!(mirror.rows(), db.rows());
     }
     assert!(db.rows()[0].ends_with(" 1"), "a is held: {:?}", db.rows());
@@ -306,6 +314,7 @@ fn a_database_from_before_held_is_migrated_at_open() {
     let conn = db::open_writer_sync(&path, None).expect("reopens");
     ops::apply(
         &conn,
+        &mut Appender::inline(),
         &PhysOp::QueueHeld {
             queue: "q".into(),
             id: 1,

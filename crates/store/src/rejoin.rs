@@ -107,7 +107,7 @@ pub struct Tail {
 
 async fn read_tail(store: &Store, from_lsn: u64) -> Result<Tail, StoreError> {
     let pool = store.readers();
-    let rows = crate::replog::read(&pool, from_lsn, i64::MAX).await?;
+    let rows = crate::replog::read(&pool, &store.bodies, from_lsn, i64::MAX).await?;
     let batches = rows.len();
     let ops: Vec<PhysOp> = rows.into_iter().flat_map(|(_, batch)| batch).collect();
     let mut ids = HashMap::new();

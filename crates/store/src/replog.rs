@@ -18,6 +18,7 @@ use std::borrow::Cow;
 
 use sqlx::SqlitePool;
 
+use crate::bodies::{Bodies, COLUMNS, Stored};
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
 
@@ -72,6 +73,7 @@ fn without_body(op: &PhysOp) -> Cow<'_, PhysOp> {
 /// restored.
 pub async fn read(
     pool: &SqlitePool,
+    bodies: &Bodies,
     from: u64,
     limit: i64,
 ) -> Result<Vec<(u64, Vec<PhysOp>)>, StoreError> {
@@ -85,7 +87,7 @@ pub async fn read(
     for (lsn, batch) in rows {
         let mut restored = Vec::new();
         for op in ops::decode_batch(&batch)? {
-            if let Some(op) = restore_body(pool, op).await? {
+            if let Some(op) = restore_body(pool, bodies, op).await? {
                 restored.push(op);
             }
         }
@@ -95,7 +97,11 @@ pub async fn read(
 }
 
 /// Puts an insert's body back from its row; see the module docs for a row that is gone.
-async fn restore_body(pool: &SqlitePool, op: PhysOp) -> Result<Option<PhysOp>, StoreError> {
+async fn restore_body(
+    pool: &SqlitePool,
+    bodies: &Bodies,
+    op: PhysOp,
+) -> Result<Option<PhysOp>, StoreError> {
     match op {
         PhysOp::QueueInsert {
             queue,
@@ -106,15 +112,20 @@ async fn restore_body(pool: &SqlitePool, op: PhysOp) -> Result<Option<PhysOp>, S
             enqueued_at_ms,
             visible_at_ms,
         } if body.is_empty() => {
-            let row: Option<(Vec<u8>,)> = sqlx::query_as(
-                "SELECT body FROM queue_items WHERE queue = ? AND id = ? AND message_id = ?",
-            )
+            let _pin = bodies.pin().await;
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM queue_items WHERE queue = ? AND id = ? AND message_id = ?"
+            ))
             .bind(&queue)
             .bind(id)
             .bind(&message_id)
             .fetch_optional(pool)
             .await?;
-            Ok(row.map(|(body,)| PhysOp::QueueInsert {
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let body = bodies.read(Stored::from_sqlx(&row)?)?;
+            Ok(Some(PhysOp::QueueInsert {
                 queue,
                 id,
                 message_id,
@@ -133,17 +144,23 @@ async fn restore_body(pool: &SqlitePool, op: PhysOp) -> Result<Option<PhysOp>, S
             internal_date_ms,
             body,
         } if body.is_empty() => {
-            let row: Option<(Vec<u8>,)> = sqlx::query_as(
-                "SELECT body FROM messages WHERE user = ? AND folder = ? AND uid = ? AND message_id = ?",
-            )
+            let _pin = bodies.pin().await;
+            let row = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM messages
+                 WHERE user = ? AND folder = ? AND uid = ? AND message_id = ?"
+            ))
             .bind(&user)
             .bind(&folder)
             .bind(uid)
             .bind(&message_id)
             .fetch_optional(pool)
             .await?;
-            Ok(Some(match row {
-                Some((body,)) => PhysOp::MessageInsert {
+            let body = match row {
+                Some(row) => Some(bodies.read(Stored::from_sqlx(&row)?)?),
+                None => None,
+            };
+            Ok(Some(match body {
+                Some(body) => PhysOp::MessageInsert {
                     user,
                     folder,
                     uid,
@@ -200,6 +217,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store.sqlite");
         let conn = crate::db::open_writer_sync(&path, None).expect("opens");
+        let bodies = Bodies::beside(&path);
+        let mut appender = crate::bodies::Appender::open(&conn, bodies.clone()).expect("segments");
         let message = |uid: i64, id: &str, body: &[u8]| PhysOp::MessageInsert {
             user: "ann@acme.example".into(),
             folder: "INBOX".into(),
@@ -229,8 +248,9 @@ mod tests {
         ];
         for (lsn, batch) in batches.iter().enumerate() {
             for op in batch {
-                ops::apply(&conn, op).expect("applies");
+                ops::apply(&conn, &mut appender, op).expect("applies");
             }
+            appender.flush(&conn).expect("flushes");
             conn.execute(
                 "INSERT INTO replog (lsn, batch) VALUES (?, ?)",
                 rusqlite::params![lsn as i64 + 1, encode(batch).expect("encodes")],
@@ -238,7 +258,7 @@ mod tests {
             .expect("logs");
         }
         let pool = crate::db::open_readers(&path).await.expect("readers");
-        let read = read(&pool, 1, 100).await.expect("reads");
+        let read = read(&pool, &bodies, 1, 100).await.expect("reads");
         let lsns: Vec<u64> = read.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!(lsns, vec![1, 2, 3]);
         // The item acked later has no insert left; the other comes back whole.
@@ -258,11 +278,11 @@ mod tests {
         );
         assert_eq!(read[2].1, batches[2]);
         // From a later LSN on, only the later batches.
-        assert_eq!(read_from(&pool, 3).await, vec![3]);
+        assert_eq!(read_from(&pool, &bodies, 3).await, vec![3]);
     }
 
-    async fn read_from(pool: &SqlitePool, from: u64) -> Vec<u64> {
-        read(pool, from, 100)
+    async fn read_from(pool: &SqlitePool, bodies: &Bodies, from: u64) -> Vec<u64> {
+        read(pool, bodies, from, 100)
             .await
             .expect("reads")
             .into_iter()

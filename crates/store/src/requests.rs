@@ -7,6 +7,7 @@
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+use crate::bodies::{Appender, Stored};
 use crate::db;
 
 use crate::error::StoreError;
@@ -188,12 +189,14 @@ pub struct Ctx<'a> {
     pub counters: &'a mut Counters,
     pub now_ms: i64,
     pub phys: &'a mut Vec<PhysOp>,
+    /// Where this database's bodies go (see `bodies`).
+    pub bodies: &'a mut Appender,
 }
 
 impl Ctx<'_> {
     /// Applies an operation here and keeps it for the mirrors.
     pub(crate) fn apply(&mut self, op: PhysOp) -> Result<u64, StoreError> {
-        let rows = ops::apply(self.conn, &op)?;
+        let rows = ops::apply(self.conn, self.bodies, &op)?;
         self.phys.push(op);
         Ok(rows)
     }
@@ -224,7 +227,7 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
                 enqueued_at_ms: ctx.now_ms,
                 visible_at_ms: ctx.now_ms,
             };
-            if ops::apply(ctx.conn, &op)? == 0 {
+            if ops::apply(ctx.conn, ctx.bodies, &op)? == 0 {
                 let existing: i64 = db::scalar_one(
                     ctx.conn,
                     "SELECT id FROM queue_items WHERE queue = ? AND message_id = ?",
@@ -251,9 +254,12 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
         } => {
             let rows = db::rows_all(
                 ctx.conn,
-                "SELECT id, message_id, meta, attempts, body FROM queue_items
-                 WHERE queue = ? AND visible_at_ms <= ? AND held = 0
-                 ORDER BY visible_at_ms, id LIMIT ?",
+                &format!(
+                    "SELECT id, message_id, meta, attempts, {} FROM queue_items
+                     WHERE queue = ? AND visible_at_ms <= ? AND held = 0
+                     ORDER BY visible_at_ms, id LIMIT ?",
+                    crate::bodies::COLUMNS
+                ),
                 params![queue, ctx.now_ms, *max as i64],
                 |r| {
                     Ok((
@@ -261,12 +267,13 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
                         r.get::<_, String>(1)?,
                         r.get::<_, Option<String>>(2)?,
                         r.get::<_, i64>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
+                        Stored::from_row(r, 4)?,
                     ))
                 },
             )?;
             let mut items = Vec::with_capacity(rows.len());
-            for (id, message_id, meta, attempts, body) in rows {
+            for (id, message_id, meta, attempts, stored) in rows {
+                let body = ctx.bodies.get(stored)?;
                 let lease = uuid::Uuid::new_v4().simple().to_string();
                 items.push(LeasedItem {
                     id,

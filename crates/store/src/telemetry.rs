@@ -36,7 +36,28 @@ pub fn describe() {
     describe_histogram!(
         "fabric_store_commit_seconds",
         Unit::Seconds,
-        "Time to execute and commit one batch, fsync included."
+        "Time to execute and commit one batch (its sync is the syncer's: see fabric_store_sync_seconds)."
+    );
+    describe_histogram!(
+        "fabric_store_sync_seconds",
+        Unit::Seconds,
+        "One round of the syncer: fdatasync of the body segments and the WAL, in parallel."
+    );
+    describe_histogram!(
+        "fabric_store_sync_batches",
+        "Committed batches one sync round made durable."
+    );
+    describe_counter!(
+        "fabric_store_body_segments_deleted_total",
+        "Body segment files deleted because no row references them any more."
+    );
+    describe_counter!(
+        "fabric_store_body_bytes_compacted_total",
+        "Live body bytes copied out of mostly dead segments so those can be deleted."
+    );
+    describe_counter!(
+        "fabric_store_body_checksum_failures_total",
+        "Bodies whose bytes on disk fail their CRC-32 (never served)."
     );
     describe_counter!(
         "fabric_store_ops_total",

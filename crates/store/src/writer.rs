@@ -2,7 +2,7 @@
 //!
 //! Handlers send [`Request`]s; the writer takes every request waiting (up to a batch limit), decides
 //! each one's physical operations (ids, UIDs, leases), applies them in one transaction, appends the
-//! batch to the replication log (`replog`, without bodies) in that same transaction, commits (one fsync for the whole batch) and
+//! batch to the replication log (`replog`, without bodies) in that same transaction, commits (without waiting for the disk: the `syncer` syncs many batches at once) and
 //! hands the batch to replication. Each handler then gets its [`Reply`] and the sequence number (LSN) it
 //! must see mirrored before it answers the client. So concurrent writers share fsyncs, and the mirror
 //! round trip of one batch overlaps the commit of the next.
@@ -11,6 +11,7 @@
 //! requests runs as one uninterrupted sequence of statements, where an async driver would cost two
 //! thread hand-offs per statement. Handlers still `await` their answer on a oneshot channel.
 
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,11 +19,13 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::bodies::{Appender, Bodies};
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
 use crate::replication::Replication;
 use crate::requests::{self, Reply, Request};
+use crate::syncer::{self, Job, Syncer};
 use crate::util::now_ms;
 
 /// Most requests one transaction takes.
@@ -99,6 +102,12 @@ pub struct Writer {
     quota: Option<u64>,
     counters: Counters,
     repl: Arc<Replication>,
+    /// Where this database's bodies go (see `bodies`).
+    bodies: Appender,
+    /// Syncs committed batches while the writer goes on (see `syncer`).
+    syncer: Syncer,
+    /// The database's write-ahead log, which the syncer syncs.
+    wal: Arc<File>,
     /// Keeps the checkpointer thread running while the writer lives.
     alive: Arc<()>,
 }
@@ -108,9 +117,15 @@ impl Writer {
         path: PathBuf,
         quota: Option<u64>,
         repl: Arc<Replication>,
+        bodies: Arc<Bodies>,
     ) -> Result<Writer, StoreError> {
         tokio::task::spawn_blocking(move || {
-            let conn = db::open_writer_sync(&path, quota)?;
+            let conn = open_deferring_syncs(&path, quota)?;
+            let bodies = Appender::open(&conn, bodies)?;
+            // Whatever the last run committed is on disk before anything new counts as synced.
+            let wal = syncer::open_wal(&path)?;
+            syncer::sync_together(&bodies.unsynced_all(), &wal)?;
+            let syncer = Syncer::spawn(repl.clone())?;
             let counters = load_counters(&conn)?;
             repl.set_epoch(db::meta_get_sync(&conn, crate::epoch::EPOCH)?.max(0) as u64);
             Ok(Writer {
@@ -119,6 +134,9 @@ impl Writer {
                 quota,
                 counters,
                 repl,
+                bodies,
+                syncer,
+                wal,
                 alive: Arc::new(()),
             })
         })
@@ -128,6 +146,11 @@ impl Writer {
 
     pub fn lsn(&self) -> u64 {
         self.counters.lsn
+    }
+
+    /// Bodies committed rows reference that the disk lost (see `Appender::damaged`).
+    pub fn damaged_bodies(&self) -> u64 {
+        self.bodies.damaged()
     }
 
     /// Runs on its own thread until every handle is dropped.
@@ -172,6 +195,7 @@ impl Writer {
                     if let Err(e) = pruned {
                         tracing::warn!(error = %e, "pruning the replication log");
                     }
+                    self.maintain_bodies();
                     continue;
                 }
                 Command::Write(r, reply) => (r, reply),
@@ -192,6 +216,7 @@ impl Writer {
                 }
             }
             self.commit_batch(batch);
+            self.maintain_bodies();
         }
         tracing::info!("writer stopped");
     }
@@ -215,6 +240,9 @@ impl Writer {
             }
             Err(e) => {
                 self.counters = saved;
+                if let Err(e) = self.bodies.reload(&self.conn) {
+                    tracing::error!(error = %e, "reloading the body segments after a rollback");
+                }
                 if matches!(e, StoreError::StorageFull) {
                     metrics::counter!("fabric_store_storage_full_total").increment(1);
                     tracing::warn!(
@@ -269,6 +297,7 @@ impl Writer {
                 counters: &mut self.counters,
                 now_ms: now,
                 phys: &mut phys,
+                bodies: &mut self.bodies,
             };
             match requests::execute(&mut ctx, request) {
                 Ok(reply) => replies.push(Ok(reply)),
@@ -292,7 +321,16 @@ impl Writer {
             db::meta_set_sync(&tx, "next_queue_id", self.counters.next_queue_id)?;
             Some(encoded)
         };
+        // Written now; the syncer makes the bodies and the commit durable together (see `syncer`).
+        let unsynced = self.bodies.write_out(&tx)?;
         tx.commit()?;
+        if encoded.is_some() {
+            self.syncer.submit(Job {
+                lsn: self.counters.lsn,
+                bodies: unsynced,
+                wal: self.wal.clone(),
+            });
+        }
         if let Some(epoch) = phys.iter().rev().find_map(crate::epoch::epoch_set_by) {
             self.repl.set_epoch(epoch);
         }
@@ -300,6 +338,12 @@ impl Writer {
             self.repl.publish(self.counters.lsn, encoded.into());
         }
         Ok((replies, phys.len()))
+    }
+
+    fn maintain_bodies(&mut self) {
+        if let Err(e) = self.bodies.maintain(&self.conn) {
+            tracing::warn!(error = %e, "body segment maintenance failed; retried later");
+        }
     }
 
     /// Swaps the database for a snapshot taken from a mirror, and restarts replication from its LSN.
@@ -311,9 +355,11 @@ impl Writer {
         let installed = db::install_file(&snapshot, &self.path)
             .map_err(|e| StoreError::Internal(format!("installing snapshot: {e}")));
         // Whatever happened, reopen what is at the path so the store keeps a working connection.
-        let conn = db::open_writer_sync(&self.path, self.quota)?;
+        let conn = open_deferring_syncs(&self.path, self.quota)?;
+        self.wal = syncer::open_wal(&self.path)?;
         // A mirror's copy carries no replication log of ours worth keeping: start afresh.
         db::exec(&conn, "DELETE FROM replog", [])?;
+        self.bodies.reload(&conn)?;
         self.counters = load_counters(&conn)?;
         self.repl
             .set_epoch(db::meta_get_sync(&conn, crate::epoch::EPOCH)?.max(0) as u64);
@@ -322,6 +368,16 @@ impl Writer {
         installed?;
         Ok(self.counters.lsn)
     }
+}
+
+/// The writer's connection: commits do not sync by themselves, the syncer does (see `syncer`).
+fn open_deferring_syncs(
+    path: &std::path::Path,
+    quota: Option<u64>,
+) -> Result<Connection, StoreError> {
+    let conn = db::open_writer_sync(path, quota)?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    Ok(conn)
 }
 
 fn load_counters(conn: &Connection) -> Result<Counters, StoreError> {

@@ -13,9 +13,10 @@ use sqlx::Row;
 
 use super::queues::{message_id_or_new, unexpected};
 use super::{
-    Params, Shared, header_str, json_body, param_i64, parse_id, path, query, read_body, read_db,
-    write, written,
+    Params, Shared, header_str, json_body, param_i64, parse_id, path, query, read_bodies,
+    read_body, read_db, write, written,
 };
+use crate::bodies::{COLUMNS, Stored};
 use crate::error::StoreError;
 use crate::requests::{FlagChange, Reply, Request, split_flags};
 
@@ -180,9 +181,11 @@ pub async fn fetch(
     let uid = parse_id("uid", &uid)?;
     let q = query(q)?;
     let db = read_db(&store, &q)?;
-    let row = sqlx::query(
-        "SELECT message_id, body FROM messages WHERE user = ? AND folder = ? AND uid = ?",
-    )
+    let bodies = read_bodies(&store, &q)?;
+    let _pin = bodies.pin().await;
+    let row = sqlx::query(&format!(
+        "SELECT message_id, {COLUMNS} FROM messages WHERE user = ? AND folder = ? AND uid = ?"
+    ))
     .bind(&user)
     .bind(&folder)
     .bind(uid)
@@ -191,7 +194,7 @@ pub async fn fetch(
     .ok_or_else(|| {
         StoreError::NoSuchItem(format!("{user}/{folder} has no message with UID {uid}"))
     })?;
-    let body: Vec<u8> = row.try_get("body")?;
+    let body = bodies.read(Stored::from_sqlx(&row)?)?;
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut()
         .insert("content-type", HeaderValue::from_static("message/rfc822"));
@@ -227,18 +230,20 @@ pub async fn fetch_many(
         )));
     }
     let db = read_db(&store, &q)?;
+    let bodies = read_bodies(&store, &q)?;
     let mut out: Vec<u8> = Vec::new();
     if !uids.is_empty() {
         let marks = vec!["?"; uids.len()].join(",");
         let sql = format!(
-            "SELECT uid, body FROM messages WHERE user = ? AND folder = ? AND uid IN ({marks}) ORDER BY uid"
+            "SELECT uid, {COLUMNS} FROM messages WHERE user = ? AND folder = ? AND uid IN ({marks}) ORDER BY uid"
         );
+        let _pin = bodies.pin().await;
         let mut query = sqlx::query(&sql).bind(&user).bind(&folder);
         for uid in &uids {
             query = query.bind(*uid);
         }
         for r in query.fetch_all(&db).await? {
-            let body: Vec<u8> = r.try_get("body")?;
+            let body = bodies.read(Stored::from_sqlx(&r)?)?;
             out.extend_from_slice(
                 format!("{} {}\n", r.try_get::<i64, _>("uid")?, body.len()).as_bytes(),
             );

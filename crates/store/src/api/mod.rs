@@ -26,6 +26,7 @@ use serde_json::Value;
 use sqlx::SqlitePool;
 
 use crate::Store;
+use crate::bodies::Bodies;
 use crate::error::StoreError;
 use crate::replication::Durable;
 use crate::requests::{Reply, Request as WriteRequest};
@@ -260,6 +261,14 @@ pub fn written(status: StatusCode, body: Value, lsn: u64, durable: &Durable) -> 
         HeaderValue::from_static(if durable.degraded { "true" } else { "false" }),
     );
     resp
+}
+
+/// The segment files of the database [`read_db`] answers (see `bodies`).
+pub fn read_bodies(store: &Store, q: &Params) -> Result<Arc<Bodies>, StoreError> {
+    match q.get("origin") {
+        Some(origin) if origin != &store.ctx.node.name => Ok(store.replicas.get(origin)?.bodies()),
+        _ => Ok(store.bodies.clone()),
+    }
 }
 
 /// The database a read goes to: this store's own, or the copy it holds of `?origin=`.

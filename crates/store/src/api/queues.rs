@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::{
-    Params, Shared, header_str, param_i64, parse_id, path, query, read_body, read_db, write,
-    written,
+    Params, Shared, header_str, param_i64, parse_id, path, query, read_bodies, read_body, read_db,
+    write, written,
 };
+use crate::bodies::{COLUMNS, Stored};
 use crate::error::StoreError;
 use crate::requests::{Reply, Request};
 use crate::util::now_ms;
@@ -141,7 +142,7 @@ pub async fn list(
     let db = read_db(&store, &q)?;
     let now = now_ms();
     let rows = sqlx::query(
-        "SELECT id, message_id, length(body) AS size, meta, enqueued_at_ms, visible_at_ms, attempts,
+        "SELECT id, message_id, COALESCE(body_len, length(body)) AS size, meta, enqueued_at_ms, visible_at_ms, attempts,
                 lease IS NOT NULL AND visible_at_ms > ? AS leased, last_error, held
          FROM queue_items WHERE queue = ? ORDER BY id LIMIT ?",
     )
@@ -178,14 +179,17 @@ pub async fn get_item(
     let id = parse_id("item id", &id)?;
     let q = query(q)?;
     let db = read_db(&store, &q)?;
-    let row =
-        sqlx::query("SELECT message_id, meta, body FROM queue_items WHERE queue = ? AND id = ?")
-            .bind(&queue)
-            .bind(id)
-            .fetch_optional(&db)
-            .await?
-            .ok_or_else(|| StoreError::NoSuchItem(format!("queue {queue:?} has no item {id}")))?;
-    let body: Vec<u8> = row.try_get("body")?;
+    let bodies = read_bodies(&store, &q)?;
+    let _pin = bodies.pin().await;
+    let row = sqlx::query(&format!(
+        "SELECT message_id, meta, {COLUMNS} FROM queue_items WHERE queue = ? AND id = ?"
+    ))
+    .bind(&queue)
+    .bind(id)
+    .fetch_optional(&db)
+    .await?
+    .ok_or_else(|| StoreError::NoSuchItem(format!("queue {queue:?} has no item {id}")))?;
+    let body = bodies.read(Stored::from_sqlx(&row)?)?;
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(

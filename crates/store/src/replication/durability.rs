@@ -1,4 +1,5 @@
-//! The durability rule: when a committed batch counts as safe, and waking the writes that wait for it.
+//! The durability rule: when a committed batch counts as safe (synced on this store's disk and held by
+//! the mirror that counts), and waking the writes that wait for it.
 
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ impl Replication {
                         None => {
                             metrics::counter!("fabric_store_unmirrored_writes_total").increment(1);
                             Err(StoreError::Unavailable(format!(
-                                "write {lsn} is on this store's disk but no mirror confirmed it within {deadline:?}; retry with the same message id"
+                                "write {lsn} is committed here but was not confirmed durable (synced here and held by a mirror) within {deadline:?}; retry with the same message id"
                             )))
                         }
                     };
@@ -43,9 +44,13 @@ impl Replication {
         }
     }
 
-    /// The highest LSN that is durable now: held by the primary mirror, or by the fallback while the
-    /// primary is not in sync.
+    /// The highest LSN that is durable now: synced here, and held by the primary mirror, or by the
+    /// fallback while the primary is not in sync.
     fn durable_frontier(&self) -> u64 {
+        self.mirrored_frontier().min(self.local_synced())
+    }
+
+    fn mirrored_frontier(&self) -> u64 {
         let Some(primary) = self.links.get(self.primary) else {
             return 0;
         };
@@ -73,6 +78,9 @@ impl Replication {
     }
 
     fn durable(&self, lsn: u64) -> Option<Durable> {
+        if self.local_synced() < lsn {
+            return None;
+        }
         let primary = self.links.get(self.primary)?;
         let (acked, status) = primary.snapshot();
         if acked.unwrap_or(0) >= lsn {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 mod durability;
 
+use crate::bodies::Bodies;
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::Shipment;
@@ -32,7 +33,7 @@ use crate::ops::Shipment;
 const RING_BYTES: usize = 64 * 1024 * 1024;
 /// How long a same-site mirror's shipper waits to gather batches while the other-site mirror is in
 /// sync (the same-site copy is then not on any write's path).
-const SAME_SITE_LINGER: Duration = Duration::from_millis(20);
+const SAME_SITE_LINGER: Duration = Duration::from_millis(100);
 /// Most bytes one shipment carries.
 const SHIP_BYTES: usize = 8 * 1024 * 1024;
 
@@ -91,13 +92,15 @@ pub struct Replication {
     /// Index of the same-site mirror that takes it while the primary is not in sync.
     fallback: Option<usize>,
     local: watch::Sender<u64>,
+    /// The last LSN synced to this store's own disk (see `syncer`).
+    local_synced: AtomicU64,
     /// Writes waiting to be durable, by LSN; each is woken once, when a mirror that counts holds it
     /// (rather than every waiter re-checking on every acknowledgement).
     waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<()>>>>,
     ring: Mutex<VecDeque<(u64, Bytes)>>,
     ring_bytes: Mutex<usize>,
     /// Readers of this store's own database, for the replication log and snapshots.
-    readers: RwLock<Option<SqlitePool>>,
+    readers: RwLock<Option<(SqlitePool, Arc<Bodies>)>>,
     data_dir: PathBuf,
     degraded_since: Mutex<Option<Instant>>,
     /// This store's epoch (see `epoch`): shipped with every batch so a newer copy refuses an older
@@ -149,6 +152,7 @@ impl Replication {
             primary,
             fallback,
             local: watch::Sender::new(lsn),
+            local_synced: AtomicU64::new(lsn),
             waiters: Mutex::new(BTreeMap::new()),
             ring: Mutex::new(VecDeque::new()),
             ring_bytes: Mutex::new(0),
@@ -159,11 +163,11 @@ impl Replication {
         })
     }
 
-    pub fn set_readers(&self, pool: SqlitePool) {
-        *self.readers.write().unwrap_or_else(|p| p.into_inner()) = Some(pool);
+    pub fn set_readers(&self, pool: SqlitePool, bodies: Arc<Bodies>) {
+        *self.readers.write().unwrap_or_else(|p| p.into_inner()) = Some((pool, bodies));
     }
 
-    fn readers(&self) -> Option<SqlitePool> {
+    fn readers(&self) -> Option<(SqlitePool, Arc<Bodies>)> {
         self.readers
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -207,8 +211,19 @@ impl Replication {
             }
         }
         self.local.send_replace(lsn);
+        self.local_synced.store(lsn, Ordering::SeqCst);
         // Waiters re-check and wait again (or time out): what they waited for may be gone.
         lock(&self.waiters).clear();
+    }
+
+    /// Called by the syncer once every batch up to `lsn` is on this store's disk.
+    pub fn set_local_synced(&self, lsn: u64) {
+        self.local_synced.fetch_max(lsn, Ordering::SeqCst);
+        self.wake_durable();
+    }
+
+    pub fn local_synced(&self) -> u64 {
+        self.local_synced.load(Ordering::SeqCst)
     }
 
     /// The lowest LSN every mirror holds: the log before it can go.
@@ -497,12 +512,12 @@ impl Replication {
                 return Ok(out);
             }
         }
-        let Some(pool) = self.readers() else {
+        let Some((pool, bodies)) = self.readers() else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         let mut bytes = 0;
-        for (lsn, batch) in crate::replog::read(&pool, from, 4096).await? {
+        for (lsn, batch) in crate::replog::read(&pool, &bodies, from, 4096).await? {
             if bytes > SHIP_BYTES {
                 break;
             }
@@ -515,7 +530,7 @@ impl Replication {
 
     /// The log no longer reaches back to what the mirror has: send it a full copy instead.
     async fn push_snapshot(&self, link: &Link) -> Result<u64, ClientError> {
-        let pool = self.readers().ok_or_else(|| ClientError::Decode {
+        let (pool, bodies) = self.readers().ok_or_else(|| ClientError::Decode {
             url: link.client.base().to_string(),
             message: "store not open".into(),
         })?;
@@ -523,7 +538,7 @@ impl Replication {
             .data_dir
             .join(format!("outgoing-{}.sqlite", uuid::Uuid::new_v4().simple()));
         tracing::info!(mirror = %link.name, "mirror is behind the replication log: sending a full snapshot");
-        db::snapshot_into(&pool, &file)
+        db::snapshot_into(&pool, &bodies, &file)
             .await
             .map_err(|e| ClientError::Decode {
                 url: link.client.base().to_string(),
