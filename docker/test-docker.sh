@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 COMPOSE=${COMPOSE:-docker-compose}
 project=mailfabric-test
 image=${IMAGE:-mailfabric:latest}
+# Named before the exit trap, which removes it.
+blocker=mailfabric-test-blocker
 dir=target/docker-test
 fabric=target/debug/fabric
 topology=${TOPOLOGY:-topology/two-site.toml}
@@ -40,13 +42,33 @@ trap cleanup EXIT
 # Leftovers of an earlier run that could not tear down (its compose file is gone with $dir).
 leftovers=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
 [ -z "$leftovers" ] || docker rm -f $leftovers >/dev/null
+# A network an engine cannot remove ("has active endpoints" with no container left: a stale endpoint
+# after a crash of the engine or a disconnect racing a kill) must not stop the run: endpoints are
+# forced off, and should one stay, this run takes a project name of its own (`fabric compose` keeps
+# its networks clear of the old one's subnets).
+remove_network() {
+    local net=$1 attached ep
+    # A container of that run outside the project (a standby, a probe) may still sit on it.
+    attached=$(docker ps -aq --filter "network=$net")
+    [ -z "$attached" ] || docker rm -f $attached >/dev/null 2>&1 || true
+    for ep in $(docker network inspect -f '{{range $id, $c := .Containers}}{{$c.Name}} {{end}}' "$net" 2>/dev/null); do
+        docker network disconnect -f "$net" "$ep" >/dev/null 2>&1 || true
+    done
+    docker network rm "$net" >/dev/null 2>&1
+}
 leftovers=$(docker network ls -q --filter "label=com.docker.compose.project=$project")
-[ -z "$leftovers" ] || docker network rm $leftovers >/dev/null
+for net in $leftovers; do
+    if ! remove_network "$net"; then
+        say "leftover network $(docker network inspect -f '{{.Name}}' "$net" 2>/dev/null || echo "$net") cannot be removed (stale endpoint in the engine)"
+        project="mailfabric-test-$$"
+        say "this run uses project $project"
+        break
+    fi
+done
 rm -rf "$dir"
 
 # A network of someone else's on part of lan-west's mapped place (10.1.0.0/16): docker refuses an
 # overlapping network ("Pool overlaps"), so `fabric compose` must move lan-west to a free block.
-blocker=mailfabric-test-blocker
 docker network rm "$blocker" >/dev/null 2>&1 || true
 docker network create --internal --subnet 10.1.250.0/24 "$blocker" >/dev/null \
     || say "10.1.250.0/24 is already in use on this host (lan-west must move all the same)"
