@@ -25,25 +25,8 @@ topology=${TOPOLOGY:-topology/two-site.toml}
 start=$(date +%s)
 say() { printf '[test-docker %3ds] %s\n' $(( $(date +%s) - start )) "$*"; }
 
-dc() { $COMPOSE -p "$project" -f "$dir/compose.yaml" "$@"; }
-cleanup() {
-    rc=$?
-    if [ $rc -ne 0 ] && [ -f "$dir/compose.yaml" ]; then
-        say "FAILED; last log lines of each container:"
-        dc logs --no-color --tail 5 2>&1 | tail -n 150 || true
-    fi
-    say "tearing down"
-    [ -f "$dir/compose.yaml" ] && dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
-    docker network rm "$blocker" >/dev/null 2>&1 || true
-    exit $rc
-}
-trap cleanup EXIT
-
-# Leftovers of an earlier run that could not tear down (its compose file is gone with $dir).
-leftovers=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
-[ -z "$leftovers" ] || docker rm -f $leftovers >/dev/null
 # A network an engine cannot remove ("has active endpoints" with no container left: a stale endpoint
-# after a crash of the engine or a disconnect racing a kill) must not stop the run: endpoints are
+# the engine sometimes keeps after this run's own teardown, cause unknown) must not stop a run: endpoints are
 # forced off, and should one stay, this run takes a project name of its own (`fabric compose` keeps
 # its networks clear of the old one's subnets).
 remove_network() {
@@ -56,6 +39,27 @@ remove_network() {
     done
     docker network rm "$net" >/dev/null 2>&1
 }
+dc() { $COMPOSE -p "$project" -f "$dir/compose.yaml" "$@"; }
+cleanup() {
+    rc=$?
+    if [ $rc -ne 0 ] && [ -f "$dir/compose.yaml" ]; then
+        say "FAILED; last log lines of each container:"
+        dc logs --no-color --tail 5 2>&1 | tail -n 150 || true
+    fi
+    say "tearing down"
+    [ -f "$dir/compose.yaml" ] && dc down -v --remove-orphans -t 5 >/dev/null 2>&1 || true
+    for net in $(docker network ls -q --filter "label=com.docker.compose.project=$project"); do
+        remove_network "$net" \
+            || say "the engine kept network $net (an endpoint with no container: gone when dockerd restarts; the next run works around it)"
+    done
+    docker network rm "$blocker" >/dev/null 2>&1 || true
+    exit $rc
+}
+trap cleanup EXIT
+
+# Leftovers of an earlier run that could not tear down (its compose file is gone with $dir).
+leftovers=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
+[ -z "$leftovers" ] || docker rm -f $leftovers >/dev/null
 leftovers=$(docker network ls -q --filter "label=com.docker.compose.project=$project")
 for net in $leftovers; do
     if ! remove_network "$net"; then
