@@ -154,29 +154,41 @@ pub fn describe() {
     );
 }
 
-/// How often the queue gauges are refreshed.
+/// How often the queue gauges are refreshed at most.
 const QUEUE_GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// The refresh scans every queued item: it waits this many times as long as the last scan took, so
+/// a long backlog (a relay holding mail for a dead site, a queue nobody consumes) costs the store at
+/// most 2% of a CPU rather than a scan a second.
+const QUEUE_GAUGES_COST_FACTOR: u32 = 50;
+
+/// How long to wait before the next refresh of the queue gauges, after one that took `took`.
+fn queue_gauges_pause(took: Duration) -> Duration {
+    QUEUE_GAUGES_EVERY.max(took.saturating_mul(QUEUE_GAUGES_COST_FACTOR))
+}
 
 /// Refreshes `fabric_store_queue_depth` and `fabric_store_queue_oldest_age_seconds` every second
-/// with one GROUP BY over the queue index; a queue that emptied reads 0.
+/// (less often on a long backlog, see `queue_gauges_pause`) with one GROUP BY over the queue index;
+/// a queue that emptied reads 0.
 pub fn spawn_queue_gauges(store: Arc<Store>) {
     tokio::spawn(async move {
         let mut seen: BTreeSet<String> = BTreeSet::new();
-        let mut tick = tokio::time::interval(QUEUE_GAUGES_EVERY);
+        let mut pause = QUEUE_GAUGES_EVERY;
         loop {
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = store.ctx.shutdown.cancelled() => return,
             }
             if store.check_serving().is_err() {
                 continue;
             }
+            let started = std::time::Instant::now();
             let rows = sqlx::query(
                 "SELECT queue, COUNT(*) AS items, MIN(enqueued_at_ms) AS oldest
                  FROM queue_items GROUP BY queue",
             )
             .fetch_all(&store.readers())
             .await;
+            pause = queue_gauges_pause(started.elapsed());
             let rows = match rows {
                 Ok(r) => r,
                 Err(e) => {
@@ -209,4 +221,26 @@ pub fn spawn_queue_gauges(store: Arc<Store>) {
             seen.extend(present);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_gauges_refresh_every_second_unless_the_scan_is_long() {
+        assert_eq!(
+            queue_gauges_pause(Duration::from_millis(3)),
+            QUEUE_GAUGES_EVERY
+        );
+        assert_eq!(
+            queue_gauges_pause(Duration::from_millis(20)),
+            QUEUE_GAUGES_EVERY
+        );
+        // A 60 ms scan: every 3 s, 2% of a CPU.
+        assert_eq!(
+            queue_gauges_pause(Duration::from_millis(60)),
+            Duration::from_secs(3)
+        );
+    }
 }
