@@ -242,7 +242,7 @@ print(json.dumps("ok"))
         host.starts_with("mx-west.acme.example"),
         "home site's exchanger first: {out}"
     );
-    // The "accepted" hop is written in the background after the 250.
+    // The "accepted" hop is written with the message itself, in the write the 250 waits for.
     poll(
         "the accepted hop in the trace",
         Duration::from_secs(10),

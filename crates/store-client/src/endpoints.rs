@@ -31,22 +31,8 @@ impl StoreClient {
         meta: Option<&Value>,
         body: impl Into<Bytes>,
     ) -> Result<Written<Enqueued>, ClientError> {
-        let mut headers = Vec::new();
-        if let Some(id) = message_id {
-            headers.push(("x-fabric-message-id", id.to_string()));
-        }
-        if let Some(meta) = meta {
-            headers.push(("x-fabric-meta", meta.to_string()));
-        }
-        let resp = self
-            .call(
-                Method::POST,
-                &format!("/v1/queues/{}", segment(queue)),
-                &headers,
-                body,
-            )
-            .await?;
-        written(&self.base, resp)
+        self.enqueue_traced(queue, message_id, meta, None, body)
+            .await
     }
 
     pub async fn queues(&self) -> Result<Value, ClientError> {
@@ -171,16 +157,8 @@ impl StoreClient {
         flags: &[&str],
         body: impl Into<Bytes>,
     ) -> Result<Written<Appended>, ClientError> {
-        let mut headers = Vec::new();
-        if let Some(id) = message_id {
-            headers.push(("x-fabric-message-id", id.to_string()));
-        }
-        if !flags.is_empty() {
-            headers.push(("x-fabric-flags", flags.join(" ")));
-        }
-        let path = format!("/v1/mailboxes/{}/{}", segment(user), segment(folder));
-        let resp = self.call(Method::POST, &path, &headers, body).await?;
-        written(&self.base, resp)
+        self.append_traced(user, folder, message_id, flags, None, body)
+            .await
     }
 
     /// Like [`StoreClient::append`], with the message's internal date (IMAP APPEND's date-time).

@@ -23,10 +23,12 @@ pub mod directory;
 mod drain;
 mod endpoints;
 pub mod homes;
+mod noted;
 mod queue_admin;
 mod types;
 pub use drain::Drain;
 pub use hyper::{Method, StatusCode};
+pub use noted::Hop;
 pub use queue_admin::{Flushed, ItemState, MergedMeta};
 pub use types::*;
 

@@ -30,6 +30,7 @@ mod db;
 mod epoch;
 mod error;
 mod mailbox_move;
+mod notes;
 mod ops;
 mod queue_admin;
 mod rebuild;
@@ -40,6 +41,8 @@ mod replog;
 mod requests;
 mod syncer;
 mod telemetry;
+#[cfg(test)]
+mod test_db;
 mod util;
 mod writer;
 

@@ -1,57 +1,18 @@
 //! The merge rules of a mailbox import, on real databases: adopt, keep, append, renumber; tombstones
 //! both ways; flags from the side that served last; a mirror replaying the operations ends equal.
 
-use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{HomeSet, ImportFolder, SourceMessage};
-use crate::bodies::{Appender, Bodies};
 use crate::db;
 use crate::error::StoreError;
 use crate::ops::{self, PhysOp};
-use crate::requests::{self, Ctx, Reply, Request};
-use crate::writer::Counters;
-
-struct Db {
-    _dir: tempfile::TempDir,
-    conn: Connection,
-    bodies: Appender,
-    counters: Counters,
-    shipped: Vec<PhysOp>,
-}
+use crate::requests::{self, Reply, Request};
+use crate::test_db::Db;
 
 const U: &str = "alice@acme.example";
 
 impl Db {
-    fn open() -> Db {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("store.sqlite");
-        let conn = db::open_writer_sync(&path, None).expect("opens");
-        let bodies = Appender::open(&conn, Bodies::beside(&path)).expect("segments");
-        Db {
-            _dir: dir,
-            conn,
-            bodies,
-            counters: Counters::default(),
-            shipped: Vec::new(),
-        }
-    }
-
-    fn run(&mut self, now_ms: i64, mut request: Request) -> Result<Reply, StoreError> {
-        let mut phys = Vec::new();
-        let mut ctx = Ctx {
-            conn: &self.conn,
-            counters: &mut self.counters,
-            now_ms,
-            phys: &mut phys,
-            bodies: &mut self.bodies,
-        };
-        let reply = requests::execute(&mut ctx, &mut request);
-        self.bodies.flush(&self.conn).expect("flushes");
-        self.shipped.extend(phys);
-        reply
-    }
-
     fn append(&mut self, now_ms: i64, id: &str) -> i64 {
         match self.run(
             now_ms,

@@ -156,6 +156,16 @@ pub enum PhysOp {
         message_id: String,
         uid: i64,
     },
+    /// A queue item moved to another queue (archived, see `notes`), released, enqueued there at
+    /// `enqueued_at_ms` and hidden until `visible_at_ms`; its body stays where it lies. (Last, so
+    /// batches encoded before it existed decode as they did.)
+    QueueMove {
+        id: i64,
+        from: String,
+        to: String,
+        enqueued_at_ms: i64,
+        visible_at_ms: i64,
+    },
 }
 
 /// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
@@ -200,6 +210,18 @@ pub fn apply(conn: &Connection, bodies: &mut Appender, op: &PhysOp) -> Result<u6
             last_error,
         } => db::exec(conn, "UPDATE queue_items SET lease = NULL, visible_at_ms = ?, attempts = ?, last_error = ?
              WHERE queue = ? AND id = ?", params![visible_at_ms, attempts, last_error, queue, id])?,
+        PhysOp::QueueMove {
+            id,
+            from,
+            to,
+            enqueued_at_ms,
+            visible_at_ms,
+        } => db::exec(
+            conn,
+            "UPDATE queue_items SET queue = ?, lease = NULL, attempts = 0, last_error = NULL,
+             enqueued_at_ms = ?, visible_at_ms = ? WHERE queue = ? AND id = ?",
+            params![to, enqueued_at_ms, visible_at_ms, from, id],
+        )?,
         PhysOp::QueueDelete { queue, id } => {
             db::exec(conn, "DELETE FROM queue_items WHERE queue = ? AND id = ?", params![queue, id])?
         }

@@ -287,6 +287,7 @@ pub async fn merge(store: &Store, tail: Tail) -> Result<Merged, StoreError> {
             PhysOp::QueueLease { .. }
             | PhysOp::QueueDefer { .. }
             | PhysOp::QueueDelete { .. }
+            | PhysOp::QueueMove { .. }
             | PhysOp::QueueHeld { .. }
             | PhysOp::QueueVisible { .. }
             | PhysOp::QueueMeta { .. } => merged.count("queue_state", "superseded"),

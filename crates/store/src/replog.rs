@@ -11,7 +11,9 @@
 //! - a message's insert becomes a [`PhysOp::DeliveredPut`]: the copy still learns that the message id
 //!   was delivered to the folder (invariant 3: never delivered twice) and that UIDNEXT passed its UID.
 //!
-//! A row is the same message only if its message id matches too (a mailbox reset may give its UID to
+//! A queue item's row is found by its id alone (ids are unique across a store's queues): a later
+//! operation of the log may have moved it to another queue ([`PhysOp::QueueMove`]), and the copy
+//! replays that move after the insert. A row is the same message only if its message id matches too (a mailbox reset may give its UID to
 //! another message). A log written before this change holds its bodies, and they are used as they are.
 
 use std::borrow::Cow;
@@ -114,9 +116,8 @@ async fn restore_body(
         } if body.is_empty() => {
             let _pin = bodies.pin().await;
             let row = sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM queue_items WHERE queue = ? AND id = ? AND message_id = ?"
+                "SELECT {COLUMNS} FROM queue_items WHERE id = ? AND message_id = ?"
             ))
-            .bind(&queue)
             .bind(id)
             .bind(&message_id)
             .fetch_optional(pool)
@@ -244,6 +245,14 @@ mod tests {
                     folder: "INBOX".into(),
                     uid: 2,
                 },
+                // Archived: the row moves to another queue, its body stays.
+                PhysOp::QueueMove {
+                    id: 1,
+                    from: "inbound".into(),
+                    to: "archive".into(),
+                    enqueued_at_ms: 9,
+                    visible_at_ms: 99,
+                },
             ],
         ];
         for (lsn, batch) in batches.iter().enumerate() {
@@ -261,7 +270,8 @@ mod tests {
         let read = read(&pool, &bodies, 1, 100).await.expect("reads");
         let lsns: Vec<u64> = read.iter().map(|(lsn, _)| *lsn).collect();
         assert_eq!(lsns, vec![1, 2, 3]);
-        // The item acked later has no insert left; the other comes back whole.
+        // The item acked later has no insert left; the other comes back whole, though a later
+        // batch moved its row to another queue.
         assert_eq!(read[0].1, vec![insert(1, b"queued one")]);
         // The expunged message leaves its tombstone (delivered, UIDNEXT past 2); the other is whole.
         assert_eq!(

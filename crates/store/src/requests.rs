@@ -12,6 +12,7 @@ use crate::db;
 
 use crate::error::StoreError;
 use crate::mailbox_move::{self, HomeSet, ImportFolder};
+use crate::notes::{self, TraceNote, TransferNote};
 use crate::ops::{self, PhysOp};
 use crate::queue_admin::{self, AdminRequest};
 use crate::writer::Counters;
@@ -105,6 +106,21 @@ pub enum Request {
     SetHome(HomeSet),
     /// One folder of another store's copy of a mailbox, merged into this store's (`mailbox_move`).
     Import(Box<ImportFolder>),
+    /// An enqueue or an append with the trace hop that describes it (`notes`).
+    Noted {
+        inner: Box<Request>,
+        trace: TraceNote,
+    },
+    /// A leased item moved to another queue, with its transfer log entry (`notes`).
+    Archive {
+        queue: String,
+        id: i64,
+        lease: Option<String>,
+        to: String,
+        /// Hidden in `to` for this long (an archive's retention).
+        hold_ms: i64,
+        transfer: Option<TransferNote>,
+    },
 }
 
 impl Request {
@@ -113,6 +129,7 @@ impl Request {
         match self {
             Request::Enqueue { body, .. } | Request::Append { body, .. } => body.len(),
             Request::Import(imp) => imp.body_len(),
+            Request::Noted { inner, .. } => inner.body_len() + 64,
             _ => 64,
         }
     }
@@ -121,6 +138,9 @@ impl Request {
     /// only change or remove what is there (lease, ack, defer, flags, expunge, deletes) may use the
     /// reserve above the quota, so a full store can always be emptied.
     pub fn grows(&self) -> bool {
+        if let Request::Noted { inner, .. } = self {
+            return inner.grows();
+        }
         matches!(
             self,
             Request::Enqueue { .. }
@@ -204,6 +224,9 @@ impl Ctx<'_> {
 
 /// Runs one request. Bodies move into their operations (the request is spent afterwards).
 pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreError> {
+    if let Request::Noted { inner, trace } = request {
+        return notes::execute_noted(ctx, inner, trace);
+    }
     let body = match request {
         Request::Enqueue { body, .. } | Request::Append { body, .. } => std::mem::take(body),
         _ => Vec::new(),
@@ -425,41 +448,16 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             action,
             at_ms,
             detail,
-        } => {
-            let seq: i64 = db::scalar_one(
-                ctx.conn,
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM trace WHERE message_id = ?",
-                params![message_id],
-            )?;
-            ctx.apply(PhysOp::TraceAppend {
-                message_id: message_id.clone(),
-                seq,
-                node: node.clone(),
-                action: action.clone(),
-                at_ms: at_ms.unwrap_or(ctx.now_ms),
-                detail: detail.clone(),
-            })?;
-            Ok(Reply::Seq(seq))
-        }
+        } => notes::append_trace(ctx, message_id, node, action, *at_ms, detail.clone())
+            .map(Reply::Seq),
         Request::Transfer {
             message_id,
             from,
             to,
             summary,
             at_ms,
-        } => {
-            let seq = ctx.counters.next_transfer_seq;
-            ctx.counters.next_transfer_seq += 1;
-            ctx.apply(PhysOp::TransferAppend {
-                seq,
-                message_id: message_id.clone(),
-                from: from.clone(),
-                to: to.clone(),
-                summary: summary.clone(),
-                at_ms: at_ms.unwrap_or(ctx.now_ms),
-            })?;
-            Ok(Reply::Seq(seq))
-        }
+        } => notes::append_transfer(ctx, message_id, from, to, summary.clone(), *at_ms)
+            .map(Reply::Seq),
         Request::UserPut {
             address,
             password_hash,
@@ -520,12 +518,30 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
         }
         Request::SetHome(home) => mailbox_move::set_home(ctx, home),
         Request::Import(imp) => mailbox_move::import(ctx, imp),
+        Request::Archive {
+            queue,
+            id,
+            lease,
+            to,
+            hold_ms,
+            transfer,
+        } => notes::execute_archive(
+            ctx,
+            queue,
+            *id,
+            lease.as_deref(),
+            to,
+            *hold_ms,
+            transfer.as_ref(),
+        ),
+        // Handled before the body is taken, above.
+        Request::Noted { .. } => Err(StoreError::Internal("a noted request nested".into())),
     }
 }
 
 /// Checks that `lease` (when given) still holds the item; returns its attempt count.
 /// A lease that expired but was not taken by anyone else still counts: the work was done.
-fn check_lease(
+pub(crate) fn check_lease(
     ctx: &mut Ctx<'_>,
     queue: &str,
     id: i64,

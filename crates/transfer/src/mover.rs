@@ -10,7 +10,7 @@ use std::time::Duration;
 use mail_parser::MessageParser;
 use serde_json::{Value, json};
 use store_client::homes::Homes;
-use store_client::{Leased, StoreClient};
+use store_client::{Hop, Leased, StoreClient};
 
 /// How long a leased item is ours before another transfer server may take it.
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -99,38 +99,36 @@ impl Mover {
             Some(_) => ("Quarantine", "quarantined"),
             None => ("INBOX", "delivered"),
         };
-        let mut traces = Vec::new();
         for rcpt in &rcpts {
             let (store_name, store) = self
                 .mailbox_store(rcpt)
                 .ok_or_else(|| format!("{rcpt}: no home store for its domain"))?;
-            let w = store
-                .append(rcpt, folder, Some(id), &[], item.body.clone())
+            // The trace hop goes with the append: "RCPT FOLDER uid N on STORE".
+            let detail = format!("on {store_name}");
+            let hop = Hop {
+                node: &self.node,
+                action,
+                detail: Some(&detail),
+            };
+            store
+                .append_traced(rcpt, folder, Some(id), &[], Some(&hop), item.body.clone())
                 .await
                 .map_err(|e| format!("appending for {rcpt} on {store_name}: {e}"))?;
-            traces.push((
-                store,
-                format!("{rcpt} INBOX uid {} on {store_name}", w.value.uid),
-            ));
         }
-        // The trace, the transfer log and the archive copy do not depend on each other: at once.
-        let trace = async {
-            for (store, detail) in &traces {
-                if let Err(e) = store.trace(id, &self.node, action, Some(detail)).await {
-                    tracing::warn!(msg_id = %id, error = %e, "trace not written");
-                }
-            }
-        };
+        // The archive copy, the transfer log entry and the item's removal from `inbound`: one write
+        // (the body stays where it is).
         let summary = header_summary(&item.body);
-        let log = source.log_transfer(id, "internet", "isolated", &summary);
-        let archive = source.enqueue("archive", Some(id), item.meta.as_ref(), item.body.clone());
-        let ((), logged, archived) = tokio::join!(trace, log, archive);
-        logged.map_err(|e| format!("transfer log: {e}"))?;
-        archived.map_err(|e| format!("archiving: {e}"))?;
         source
-            .ack("inbound", item.id, &item.lease)
+            .archive(
+                "inbound",
+                item.id,
+                &item.lease,
+                "archive",
+                self.retention,
+                Some(("internet", "isolated", &summary)),
+            )
             .await
-            .map_err(|e| format!("ack: {e}"))?;
+            .map_err(|e| format!("archiving: {e}"))?;
         Ok(rcpts.len())
     }
 

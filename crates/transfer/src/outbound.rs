@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use store_client::{Leased, StoreClient};
+use store_client::{Hop, Leased, StoreClient};
 
 use crate::mover::{Mover, header_summary};
 
@@ -71,31 +71,39 @@ impl Mover {
             if let Some(m) = meta.as_object_mut() {
                 m.insert("transferred_by".into(), self.node.clone().into());
             }
+            let detail = format!("{TO_INTERNET} on {source_name}");
+            let hop = Hop {
+                node: &self.node,
+                action: "transferred",
+                detail: Some(&detail),
+            };
             let w = source
-                .enqueue(TO_INTERNET, Some(id), Some(&meta), item.body.clone())
+                .enqueue_traced(
+                    TO_INTERNET,
+                    Some(id),
+                    Some(&meta),
+                    Some(&hop),
+                    item.body.clone(),
+                )
                 .await
                 .map_err(|e| format!("enqueue on {TO_INTERNET} of {source_name}: {e}"))?;
-            let detail = format!("{TO_INTERNET} on {source_name}");
-            if let Err(e) = source
-                .trace(id, &self.node, "transferred", Some(&detail))
-                .await
-            {
-                tracing::warn!(msg_id = %id, error = %e, "trace not written");
-            }
             tracing::info!(msg_id = %id, store = %source_name, duplicate = w.value.duplicate,
                 copies = ?w.copies, "queued for the Internet mail servers");
-            let summary = header_summary(&item.body);
-            let log = source.log_transfer(id, "isolated", "internet", &summary);
-            let archive =
-                source.enqueue("archive", Some(id), item.meta.as_ref(), item.body.clone());
-            let (logged, archived) = tokio::join!(log, archive);
-            logged.map_err(|e| format!("transfer log: {e}"))?;
-            archived.map_err(|e| format!("archiving: {e}"))?;
         }
+        // The archive copy and the transfer log entry, with the item's removal from `outbound`, in
+        // one write (the body stays where it is).
+        let summary = header_summary(&item.body);
         source
-            .ack("outbound", item.id, &item.lease)
+            .archive(
+                "outbound",
+                item.id,
+                &item.lease,
+                "archive",
+                self.retention,
+                (!again).then_some(("isolated", "internet", &summary)),
+            )
             .await
-            .map_err(|e| format!("ack: {e}"))?;
+            .map_err(|e| format!("archiving: {e}"))?;
         Ok(again)
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use smtp::{Envelope, Reply};
-use store_client::StoreClient;
+use store_client::{Hop, StoreClient};
 use topology::Topology;
 use tower::Service;
 
@@ -102,9 +102,20 @@ impl Shared {
             "received_at_ms": received_at_ms,
         });
         let started = Instant::now();
+        // The trace's first hop is written with the message itself: one write, before the 250.
+        let detail = format!(
+            "from {} for {} recipient(s)",
+            env.peer.ip(),
+            env.rcpts.len()
+        );
+        let hop = Hop {
+            node: &self.node,
+            action: "accepted",
+            detail: Some(&detail),
+        };
         for (name, store) in &self.stores {
             match store
-                .enqueue(self.queue, Some(&id), Some(&meta), body.clone())
+                .enqueue_traced(self.queue, Some(&id), Some(&meta), Some(&hop), body.clone())
                 .await
             {
                 Ok(w) => {
@@ -114,21 +125,6 @@ impl Shared {
                         .record(started.elapsed().as_secs_f64());
                     tracing::info!(msg_id = %id, store = %name, copies = ?w.copies, degraded = w.degraded,
                         queue = self.queue, bytes = body.len(), rcpts = env.rcpts.len(), "accepted");
-                    let (store, node) = (store.clone(), self.node.clone());
-                    let detail = format!(
-                        "from {} for {} recipient(s)",
-                        env.peer.ip(),
-                        env.rcpts.len()
-                    );
-                    let trace_id = id.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = store
-                            .trace(&trace_id, &node, "accepted", Some(&detail))
-                            .await
-                        {
-                            tracing::warn!(msg_id = %trace_id, error = %e, "trace not written");
-                        }
-                    });
                     return Reply::new(250, "2.0.0", format!("queued as {id}"));
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 use super::queues::{message_id_or_new, unexpected};
 use super::{
-    Params, Shared, header_str, json_body, param_i64, parse_id, path, query, read_bodies,
+    Params, Shared, header_str, json_body, noted, param_i64, parse_id, path, query, read_bodies,
     read_body, read_db, write, written,
 };
 use crate::bodies::{COLUMNS, Stored};
@@ -62,8 +62,8 @@ pub async fn append(
         })
         .transpose()?;
     let body = read_body(&store, &headers, body).await?;
-    let (reply, lsn, durable) = write(
-        &store,
+    let request = noted(
+        &headers,
         Request::Append {
             user,
             folder,
@@ -72,8 +72,8 @@ pub async fn append(
             internal_date_ms,
             body,
         },
-    )
-    .await?;
+    )?;
+    let (reply, lsn, durable) = write(&store, request).await?;
     match reply {
         Reply::Appended {
             uid,

@@ -45,6 +45,10 @@ pub fn router(store: Shared) -> Router {
             "/v1/queues/{queue}/items/{id}",
             get(queues::get_item).delete(queues::ack),
         )
+        .route(
+            "/v1/queues/{queue}/items/{id}/archive",
+            post(queues::archive),
+        )
         .route("/v1/queues/{queue}/items/{id}/defer", post(queues::defer))
         .route("/v1/queues/{queue}/flush", post(queue_admin::flush_queue))
         .route(
@@ -191,6 +195,17 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a s
                 .map_err(|_| StoreError::BadRequest(format!("header {name} is not text")))
         })
         .transpose()
+}
+
+/// `request` with the trace hop of an `X-Fabric-Trace` header, if there is one (see `notes`).
+pub fn noted(headers: &HeaderMap, request: WriteRequest) -> Result<WriteRequest, StoreError> {
+    Ok(match header_str(headers, "x-fabric-trace")? {
+        Some(value) => WriteRequest::Noted {
+            inner: Box::new(request),
+            trace: crate::notes::TraceNote::from_header(value)?,
+        },
+        None => request,
+    })
 }
 
 /// Reads a request body, refusing (413) anything over the store's limit before reading it all.

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::{
-    Params, Shared, header_str, param_i64, parse_id, path, query, read_bodies, read_body, read_db,
-    write, written,
+    Params, Shared, header_str, json_body, noted, param_i64, parse_id, path, query, read_bodies,
+    read_body, read_db, write, written,
 };
 use crate::bodies::{COLUMNS, Stored};
 use crate::error::StoreError;
@@ -71,16 +71,16 @@ pub async fn enqueue(
         None => None,
     };
     let body = read_body(&store, &headers, body).await?;
-    let (reply, lsn, durable) = write(
-        &store,
+    let request = noted(
+        &headers,
         Request::Enqueue {
             queue,
             message_id,
             meta,
             body,
         },
-    )
-    .await?;
+    )?;
+    let (reply, lsn, durable) = write(&store, request).await?;
     match reply {
         Reply::Enqueued {
             id,
@@ -283,6 +283,63 @@ pub async fn ack(
     Ok(written(
         StatusCode::OK,
         json!({"acked": true}),
+        lsn,
+        &durable,
+    ))
+}
+
+/// What `POST /v1/queues/{queue}/items/{id}/archive` takes: the queue the item moves to, and the
+/// transfer log entry of its move.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveBody {
+    to: String,
+    /// Milliseconds the item stays hidden in `to` (an archive's retention); 0 if absent.
+    #[serde(default)]
+    hold_ms: i64,
+    #[serde(default)]
+    transfer: Option<crate::notes::TransferNote>,
+}
+
+/// Moves a leased item to another queue (`?lease=` as for an ack) and logs its transfer, in one
+/// write; the body is not sent again (see `notes`).
+pub async fn archive(
+    State(store): State<Shared>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<Params>, QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    let (queue, id) = path(p)?;
+    let id = parse_id("item id", &id)?;
+    let q = query(q)?;
+    let archive: ArchiveBody = json_body(&store, &headers, body).await?;
+    check_queue(&archive.to)?;
+    if archive.hold_ms < 0 {
+        return Err(StoreError::BadRequest(
+            "hold_ms must not be negative".into(),
+        ));
+    }
+    if archive.to == queue {
+        return Err(StoreError::BadRequest(format!(
+            "item {id} is already in queue {queue:?}"
+        )));
+    }
+    let (_, lsn, durable) = write(
+        &store,
+        Request::Archive {
+            queue,
+            id,
+            lease: q.get("lease").cloned(),
+            to: archive.to.clone(),
+            hold_ms: archive.hold_ms,
+            transfer: archive.transfer,
+        },
+    )
+    .await?;
+    Ok(written(
+        StatusCode::OK,
+        json!({"archived": true, "to": archive.to}),
         lsn,
         &durable,
     ))

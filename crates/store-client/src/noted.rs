@@ -1,0 +1,133 @@
+//! Writes that carry their trace hop or their transfer log entry, so a message's hop costs the
+//! stores one mirrored write instead of several (the store's `notes`).
+
+use bytes::Bytes;
+use hyper::Method;
+use hyper::header::CONTENT_TYPE;
+use serde_json::{Value, json};
+
+use crate::{Appended, ClientError, Enqueued, StoreClient, Written, segment, written};
+
+/// A trace hop written by the store together with the write it describes (`X-Fabric-Trace`).
+#[derive(Debug, Clone)]
+pub struct Hop<'a> {
+    pub node: &'a str,
+    pub action: &'a str,
+    pub detail: Option<&'a str>,
+}
+
+impl Hop<'_> {
+    fn header(&self) -> (&'static str, String) {
+        let v = json!({"node": self.node, "action": self.action, "detail": self.detail});
+        // Header values are visible ASCII: anything else in the detail is escaped as JSON allows.
+        let text = v.to_string();
+        let ascii: String = text
+            .chars()
+            .flat_map(|c| {
+                if c.is_ascii() && !c.is_ascii_control() {
+                    vec![c]
+                } else {
+                    let mut units = [0u16; 2];
+                    c.encode_utf16(&mut units)
+                        .iter()
+                        .flat_map(|u| format!("\\u{u:04x}").chars().collect::<Vec<_>>())
+                        .collect()
+                }
+            })
+            .collect();
+        ("x-fabric-trace", ascii)
+    }
+}
+
+impl StoreClient {
+    /// Enqueues `body` and, unless it is a duplicate, writes `hop` to the message's trace in the
+    /// same write.
+    pub async fn enqueue_traced(
+        &self,
+        queue: &str,
+        message_id: Option<&str>,
+        meta: Option<&Value>,
+        hop: Option<&Hop<'_>>,
+        body: impl Into<Bytes>,
+    ) -> Result<Written<Enqueued>, ClientError> {
+        let mut headers = Vec::new();
+        if let Some(id) = message_id {
+            headers.push(("x-fabric-message-id", id.to_string()));
+        }
+        if let Some(meta) = meta {
+            headers.push(("x-fabric-meta", meta.to_string()));
+        }
+        if let Some(hop) = hop {
+            headers.push(hop.header());
+        }
+        let resp = self
+            .call(
+                Method::POST,
+                &format!("/v1/queues/{}", segment(queue)),
+                &headers,
+                body,
+            )
+            .await?;
+        written(&self.base, resp)
+    }
+
+    /// Appends a message and, unless it is a duplicate, writes `hop` to its trace in the same write;
+    /// the store puts `USER FOLDER uid N` before the hop's detail.
+    pub async fn append_traced(
+        &self,
+        user: &str,
+        folder: &str,
+        message_id: Option<&str>,
+        flags: &[&str],
+        hop: Option<&Hop<'_>>,
+        body: impl Into<Bytes>,
+    ) -> Result<Written<Appended>, ClientError> {
+        let mut headers = Vec::new();
+        if let Some(id) = message_id {
+            headers.push(("x-fabric-message-id", id.to_string()));
+        }
+        if !flags.is_empty() {
+            headers.push(("x-fabric-flags", flags.join(" ")));
+        }
+        if let Some(hop) = hop {
+            headers.push(hop.header());
+        }
+        let path = format!("/v1/mailboxes/{}/{}", segment(user), segment(folder));
+        let resp = self.call(Method::POST, &path, &headers, body).await?;
+        written(&self.base, resp)
+    }
+
+    /// Moves leased item `id` of `queue` to queue `to` (its body stays in the store), hidden there
+    /// for `hold` (an archive's retention), and appends the transfer log entry of the move (`from`
+    /// side, `to_side`, `summary`), in one write: what an archive enqueue, a transfer log append and
+    /// an ack did in three.
+    pub async fn archive(
+        &self,
+        queue: &str,
+        id: i64,
+        lease: &str,
+        to: &str,
+        hold: std::time::Duration,
+        transfer: Option<(&str, &str, &Value)>,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/queues/{}/items/{id}/archive?lease={}",
+            segment(queue),
+            segment(lease)
+        );
+        let body = json!({
+            "to": to,
+            "hold_ms": i64::try_from(hold.as_millis()).unwrap_or(i64::MAX),
+            "transfer": transfer.map(|(from, to_side, summary)| json!({"from": from, "to": to_side, "summary": summary})),
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        self.call(
+            Method::POST,
+            &path,
+            &[(CONTENT_TYPE.as_str(), "application/json".into())],
+            bytes,
+        )
+        .await?;
+        Ok(())
+    }
+}
