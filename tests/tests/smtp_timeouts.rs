@@ -15,6 +15,10 @@ const COMMAND_MINIMUM: Duration = Duration::from_secs(300);
 const DATA_MINIMUM: Duration = Duration::from_secs(180);
 /// Slack for a loaded machine after the deadline.
 const SLACK: Duration = Duration::from_secs(45);
+/// The client starts its clock when it has read the server's last reply; the server started its own
+/// when it had written it, a scheduling delay earlier on a busy machine (a run once measured the cut
+/// 0.4 ms short of 300 s). Far below the whole seconds the deadlines are set in.
+const CLOCK_SKEW: Duration = Duration::from_millis(250);
 
 /// Reads reply lines until one that is not a continuation (`250-...`); returns the last.
 async fn reply(r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> anyhow::Result<String> {
@@ -112,7 +116,7 @@ async fn idle_and_trickling_clients_are_cut_off_at_the_rfc_minimums() -> anyhow:
         );
         assert!(closed, "{what}: the connection is closed after the 421");
         assert!(
-            took >= minimum,
+            took + CLOCK_SKEW >= minimum,
             "{what}: cut after {took:?}, before the RFC 5321 minimum {minimum:?}"
         );
         assert!(
