@@ -11,6 +11,11 @@ use testkit::Sandbox;
 
 use common::HASH;
 
+/// Queues no node of the mini topology consumes (its transfer server leases `inbound` and `outbound`
+/// every 100 ms, and would take the test's items from under it).
+const QUEUE: &str = "test-work";
+const EXPIRY_QUEUE: &str = "test-expiry";
+
 #[tokio::test]
 async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Result<()> {
     let sandbox = Sandbox::start("topology/mini.toml").await?;
@@ -20,7 +25,7 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
     // Queues: enqueue, read back from the mirror, idempotent retry.
     let first = a
         .enqueue(
-            "inbound",
+            QUEUE,
             Some("msg-1"),
             Some(&json!({"rcpt": "ann@acme.example"})),
             "body one",
@@ -33,15 +38,13 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
         "acknowledged on the store and its mirror"
     );
     assert!(!first.degraded);
-    let again = a
-        .enqueue("inbound", Some("msg-1"), None, "body one")
-        .await?;
+    let again = a.enqueue(QUEUE, Some("msg-1"), None, "body one").await?;
     assert!(
         again.value.duplicate,
         "same message id is not enqueued twice"
     );
     assert_eq!(again.value.id, first.value.id);
-    let on_mirror = b.list_queue("inbound", Some("store-a")).await?;
+    let on_mirror = b.list_queue(QUEUE, Some("store-a")).await?;
     assert_eq!(on_mirror.len(), 1);
     assert_eq!(on_mirror[0].message_id, "msg-1");
     assert_eq!(
@@ -49,55 +52,54 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
         Some(json!("ann@acme.example"))
     );
     assert_eq!(
-        &b.get_item("inbound", first.value.id, Some("store-a"))
-            .await?[..],
+        &b.get_item(QUEUE, first.value.id, Some("store-a")).await?[..],
         b"body one"
     );
     // store-b's own data is separate from its copy of store-a.
-    assert!(b.list_queue("inbound", None).await?.is_empty());
+    assert!(b.list_queue(QUEUE, None).await?.is_empty());
 
     // Lease hides the item; defer brings it back later with an attempt counted; ack removes it.
-    let leased = a.lease("inbound", 10, Duration::from_secs(60)).await?;
+    let leased = a.lease(QUEUE, 10, Duration::from_secs(60)).await?;
     assert_eq!(leased.len(), 1);
     assert_eq!(&leased[0].body[..], b"body one");
     assert!(
-        a.lease("inbound", 10, Duration::from_secs(60))
+        a.lease(QUEUE, 10, Duration::from_secs(60))
             .await?
             .is_empty(),
         "leased item is invisible"
     );
     a.defer(
-        "inbound",
+        QUEUE,
         leased[0].id,
         &leased[0].lease,
         Duration::from_millis(0),
         Some("remote said 451"),
     )
     .await?;
-    let items = a.list_queue("inbound", None).await?;
+    let items = a.list_queue(QUEUE, None).await?;
     assert_eq!(items[0].attempts, 1);
     assert_eq!(items[0].last_error.as_deref(), Some("remote said 451"));
-    let leased = a.lease("inbound", 10, Duration::from_secs(60)).await?;
+    let leased = a.lease(QUEUE, 10, Duration::from_secs(60)).await?;
     assert_eq!(
         leased.len(),
         1,
         "deferred item is visible again once its time has come"
     );
     let stale = a
-        .ack("inbound", leased[0].id, "not-the-lease")
+        .ack(QUEUE, leased[0].id, "not-the-lease")
         .await
         .expect_err("wrong lease refused");
     assert_eq!(stale.code(), Some("lease_mismatch"));
-    a.ack("inbound", leased[0].id, &leased[0].lease).await?;
-    assert!(a.list_queue("inbound", None).await?.is_empty());
+    a.ack(QUEUE, leased[0].id, &leased[0].lease).await?;
+    assert!(a.list_queue(QUEUE, None).await?.is_empty());
     assert!(
-        b.list_queue("inbound", Some("store-a")).await?.is_empty(),
+        b.list_queue(QUEUE, Some("store-a")).await?.is_empty(),
         "the ack reached the mirror"
     );
 
     // Short visibility: an unacked lease expires and the item comes back.
-    a.enqueue("outbound", Some("msg-2"), None, "two").await?;
-    let l = a.lease("outbound", 1, Duration::from_millis(200)).await?;
+    a.enqueue(EXPIRY_QUEUE, Some("msg-2"), None, "two").await?;
+    let l = a.lease(EXPIRY_QUEUE, 1, Duration::from_millis(200)).await?;
     assert_eq!(l.len(), 1);
     // What the last try answered goes into the failure message (an error and an empty lease differ).
     let last = std::sync::Mutex::new(String::from("no try yet"));
@@ -106,7 +108,7 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
         Duration::from_secs(5),
         Duration::from_millis(50),
         || async {
-            let answer = a.lease("outbound", 1, Duration::from_secs(60)).await;
+            let answer = a.lease(EXPIRY_QUEUE, 1, Duration::from_secs(60)).await;
             let returned = matches!(&answer, Ok(v) if v.len() == 1);
             if let Ok(mut l) = last.lock() {
                 *l = match answer {
@@ -257,7 +259,12 @@ async fn writes_through_one_store_are_readable_from_its_mirror() -> anyhow::Resu
         .unwrap_or_default();
     assert_eq!(queued_at.len(), 1, "{queued}");
     assert_eq!(queued_at[0].0, "store-b");
-    assert!(queued_at[0].1.starts_with("queue/outbound/"), "{queued}");
+    assert!(
+        queued_at[0]
+            .1
+            .starts_with(&format!("queue/{EXPIRY_QUEUE}/")),
+        "{queued}"
+    );
     let catalog_a = a.catalog("mail-2").await?;
     assert!(catalog_a["locations"].as_array().is_some_and(|l| {
         l.iter()
