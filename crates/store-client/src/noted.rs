@@ -18,23 +18,20 @@ pub struct Hop<'a> {
 
 impl Hop<'_> {
     fn header(&self) -> (&'static str, String) {
-        let v = json!({"node": self.node, "action": self.action, "detail": self.detail});
-        // Header values are visible ASCII: anything else in the detail is escaped as JSON allows.
-        let text = v.to_string();
-        let ascii: String = text
-            .chars()
-            .flat_map(|c| {
-                if c.is_ascii() && !c.is_ascii_control() {
-                    vec![c]
-                } else {
-                    let mut units = [0u16; 2];
-                    c.encode_utf16(&mut units)
-                        .iter()
-                        .flat_map(|u| format!("\\u{u:04x}").chars().collect::<Vec<_>>())
-                        .collect()
+        let text =
+            json!({"node": self.node, "action": self.action, "detail": self.detail}).to_string();
+        // Header values are visible ASCII: anything else in the detail is escaped as JSON allows
+        // (and DEL, which serde_json leaves as it is).
+        let mut ascii = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_ascii() && !c.is_ascii_control() {
+                ascii.push(c);
+            } else {
+                for unit in c.encode_utf16(&mut [0u16; 2]) {
+                    ascii.push_str(&format!("\\u{unit:04x}"));
                 }
-            })
-            .collect();
+            }
+        }
         ("x-fabric-trace", ascii)
     }
 }

@@ -187,15 +187,7 @@ mod tests {
     use super::*;
 
     fn insert(id: i64, body: &[u8]) -> PhysOp {
-        PhysOp::QueueInsert {
-            queue: "inbound".into(),
-            id,
-            message_id: format!("m{id}"),
-            meta: None,
-            body: body.to_vec(),
-            enqueued_at_ms: 1,
-            visible_at_ms: 1,
-        }
+        crate::test_db::queue_insert("inbound", id, body)
     }
 
     #[test]

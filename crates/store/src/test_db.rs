@@ -10,6 +10,19 @@ use crate::ops::PhysOp;
 use crate::requests::{self, Ctx, Reply, Request};
 use crate::writer::Counters;
 
+/// A queue item's insert as the writer makes it: message id `m{id}`, no meta, times 1.
+pub(crate) fn queue_insert(queue: &str, id: i64, body: &[u8]) -> PhysOp {
+    PhysOp::QueueInsert {
+        queue: queue.into(),
+        id,
+        message_id: format!("m{id}"),
+        meta: None,
+        body: body.to_vec(),
+        enqueued_at_ms: 1,
+        visible_at_ms: 1,
+    }
+}
+
 pub(crate) struct Db {
     _dir: tempfile::TempDir,
     pub conn: Connection,

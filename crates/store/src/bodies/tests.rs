@@ -94,15 +94,7 @@ impl Db {
 }
 
 fn insert(id: i64, body: &[u8]) -> PhysOp {
-    PhysOp::QueueInsert {
-        queue: "q".into(),
-        id,
-        message_id: format!("m{id}"),
-        meta: None,
-        body: body.to_vec(),
-        enqueued_at_ms: 1,
-        visible_at_ms: 1,
-    }
+    crate::test_db::queue_insert("q", id, body)
 }
 
 fn body_of(id: i64, len: usize) -> Vec<u8> {
