@@ -132,6 +132,69 @@ print(json.dumps({k: [v[0], v[1].decode() if isinstance(v[1], bytes) else v[1]] 
         common::metric_sum(&m, "fabric_inet_mx_accepted_total", &[]),
         1.0
     );
+    recipients_found_lately_are_not_read_again(&sandbox).await
+}
+
+/// The recipient check answers a user found within the last 5 s from memory, never a user not found
+/// (one added a moment ago is accepted at once), and a removed user is refused once that time is up.
+async fn recipients_found_lately_are_not_read_again(sandbox: &Sandbox) -> anyhow::Result<()> {
+    let directory = common::store(sandbox, "store-a");
+    let reads = || async {
+        let mut n = 0.0;
+        for store in ["store-a", "store-b"] {
+            let m = common::metrics(sandbox, store).await?;
+            n += common::metric_sum(
+                &m,
+                "fabric_store_requests_total",
+                &[("route", "/v1/users/{address}"), ("method", "GET")],
+            );
+        }
+        anyhow::Ok(n)
+    };
+    let mut raw = Raw::connect(sandbox).await?;
+    raw.transaction().await?;
+    let before = reads().await?;
+    for _ in 0..5 {
+        let reply = raw.cmd("RCPT TO:<ann@acme.example>").await?;
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    assert_eq!(
+        reads().await? - before,
+        0.0,
+        "ann was read again within 5 s"
+    );
+
+    let carl = "carl@acme.example";
+    let reply = raw.cmd(&format!("RCPT TO:<{carl}>")).await?;
+    assert!(reply.starts_with("550 5.1.1"), "{reply}");
+    directory
+        .put_user(
+            carl,
+            &json!({"password_hash": common::HASH, "notify": "none"}),
+        )
+        .await?;
+    let reply = raw.cmd(&format!("RCPT TO:<{carl}>")).await?;
+    assert!(
+        reply.starts_with("250"),
+        "a user added now is accepted now: {reply}"
+    );
+
+    directory
+        .call(
+            store_client::Method::DELETE,
+            &format!("/v1/users/{carl}"),
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await?;
+    tokio::time::sleep(store_client::directory::RECENT_USER_TTL + Duration::from_millis(300)).await;
+    let reply = raw.cmd(&format!("RCPT TO:<{carl}>")).await?;
+    assert!(
+        reply.starts_with("550 5.1.1"),
+        "a removed user is refused: {reply}"
+    );
+    let m = common::metrics(sandbox, "mx-a").await?;
+    assert!(common::metric_sum(&m, "fabric_directory_recent_hits_total", &[]) >= 5.0);
     Ok(())
 }
 

@@ -83,7 +83,7 @@ impl Shared {
             ));
         }
         let address = rcpt.as_string().to_ascii_lowercase();
-        match self.directory.user(&address).await {
+        match self.directory.user_recent(&address).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => {
                 metrics::counter!("fabric_inet_mx_unknown_users_total").increment(1);

@@ -211,7 +211,7 @@ impl Inner {
         let summary = text::Summary::read(&accepted.headers, accepted.envelope_from.as_deref());
         let rcpts: BTreeSet<&String> = accepted.rcpts.iter().collect();
         for rcpt in rcpts {
-            let user = match self.directory.user(rcpt).await {
+            let user = match self.directory.user_recent(rcpt).await {
                 Ok(Some(u)) => u,
                 Ok(None) => continue,
                 Err(e) => {
