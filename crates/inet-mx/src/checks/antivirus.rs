@@ -61,13 +61,28 @@ impl<S: Next> Service<Inbound> for Antivirus<S> {
 const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// Whether a part of the message may be encoded (base64, quoted-printable: a
+/// `Content-Transfer-Encoding` header, in any case, anywhere). Only such a part can hide a signature
+/// from the raw search, so only then is the message parsed and its parts decoded.
+fn may_be_encoded(message: &[u8]) -> bool {
+    const HEADER: &[u8] = b"transfer-encoding";
+    memchr::memchr2_iter(b't', b'T', message).any(|at| {
+        message
+            .get(at..at + HEADER.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(HEADER))
+    })
 }
 
 /// The name of what was found, if anything.
 pub fn scan(message: &[u8]) -> Option<&'static str> {
     if contains(message, EICAR) {
         return Some("EICAR-Test-File");
+    }
+    if !may_be_encoded(message) {
+        return None;
     }
     let parsed = MessageParser::default().parse(message)?;
     parsed
@@ -94,5 +109,23 @@ mod tests {
         assert!(!contains(mime.as_bytes(), EICAR));
         assert_eq!(scan(mime.as_bytes()), Some("EICAR-Test-File"));
         assert_eq!(scan(b"Subject: clean\r\n\r\nnothing here\r\n"), None);
+    }
+
+    #[test]
+    fn an_encoded_part_is_decoded_whatever_the_case_of_its_header() {
+        // Quoted-printable with a soft line break inside the signature (the raw search misses it),
+        // under a header written in lowercase.
+        let (head, tail) = EICAR.split_at(30);
+        let qp = format!(
+            "Subject: q\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\ncontent-transfer-encoding: QUOTED-PRINTABLE\r\nContent-Type: text/plain\r\n\r\n{}=\r\n{}\r\n--b--\r\n",
+            String::from_utf8_lossy(head),
+            String::from_utf8_lossy(tail)
+        );
+        assert!(!contains(qp.as_bytes(), EICAR));
+        assert!(may_be_encoded(qp.as_bytes()));
+        assert_eq!(scan(qp.as_bytes()), Some("EICAR-Test-File"));
+        let plain = b"Subject: t\r\nContent-Type: text/plain\r\n\r\nTransfer? encoding? no.\r\n";
+        assert!(!may_be_encoded(plain));
+        assert_eq!(scan(plain), None);
     }
 }
