@@ -4,14 +4,13 @@
 
 mod common;
 
+use common::raw_smtp::Raw;
 use common::smtp_addr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use testkit::Sandbox;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 /// The mini fabric with ann@acme.example, and spammer.example on the blocklist.
 async fn fabric_with_ann() -> anyhow::Result<Sandbox> {
@@ -196,77 +195,6 @@ async fn recipients_found_lately_are_not_read_again(sandbox: &Sandbox) -> anyhow
     let m = common::metrics(sandbox, "mx-a").await?;
     assert!(common::metric_sum(&m, "fabric_directory_recent_hits_total", &[]) >= 5.0);
     Ok(())
-}
-
-/// A raw SMTP client: sends exactly the bytes given.
-struct Raw {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Raw {
-    async fn connect(sandbox: &Sandbox) -> anyhow::Result<Raw> {
-        let stream = TcpStream::connect(smtp_addr(sandbox)).await?;
-        let (r, w) = stream.into_split();
-        let mut raw = Raw {
-            reader: BufReader::new(r),
-            writer: w,
-        };
-        let greeting = raw.reply().await?;
-        assert!(greeting.starts_with("220 "), "{greeting}");
-        Ok(raw)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.writer.write_all(bytes).await?;
-        Ok(())
-    }
-
-    /// One whole reply (all its lines), as text.
-    async fn reply(&mut self) -> anyhow::Result<String> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(20), self.reader.read_line(&mut line))
-                .await??;
-            if n == 0 {
-                bail!("connection closed; got so far: {all:?}");
-            }
-            all.push_str(&line);
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return Ok(all);
-            }
-        }
-    }
-
-    async fn cmd(&mut self, line: &str) -> anyhow::Result<String> {
-        self.send(format!("{line}\r\n").as_bytes()).await?;
-        self.reply().await
-    }
-
-    /// EHLO, MAIL and RCPT to ann: ready for DATA.
-    async fn transaction(&mut self) -> anyhow::Result<()> {
-        assert!(self.cmd("EHLO raw.example").await?.starts_with("250"));
-        assert!(
-            self.cmd("MAIL FROM:<bob@remote.example>")
-                .await?
-                .starts_with("250")
-        );
-        assert!(
-            self.cmd("RCPT TO:<ann@acme.example>")
-                .await?
-                .starts_with("250")
-        );
-        Ok(())
-    }
-
-    async fn closed(&mut self) -> bool {
-        let mut buf = [0u8; 64];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), self.reader.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
-    }
 }
 
 /// Messages the mail server stored: still on `inbound`, or already moved by the transfer server

@@ -1,6 +1,8 @@
 //! Helpers shared by the system tests.
 #![allow(dead_code)]
 
+pub mod raw_smtp;
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};
