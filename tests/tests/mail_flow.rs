@@ -165,7 +165,26 @@ async fn smtp_mail_reaches_the_mailbox_with_its_trace_transfer_log_and_archive()
     let copy = b
         .list_mailbox("ann@acme.example", "INBOX", Some("store-a"))
         .await?;
-    assert!(copy.messages.iter().any(|m| m.message_id == id));
+    let mirrored = copy
+        .messages
+        .iter()
+        .find(|m| m.message_id == id)
+        .context("the message on the mirror")?;
+    // Delivered in the archive's write, sharing the queued body: the mirror built its copy from
+    // its own copy of the queue item, byte for byte.
+    let mirrored = b
+        .fetch("ann@acme.example", "INBOX", mirrored.uid, Some("store-a"))
+        .await?;
+    assert_eq!(mirrored, body);
+    let delivered_hop = trace["hops"]
+        .as_array()
+        .and_then(|h| h.iter().find(|x| x["action"] == "delivered"))
+        .with_context(|| format!("{trace}"))?;
+    assert_eq!(
+        delivered_hop["detail"],
+        format!("ann@acme.example INBOX uid {} on store-a", msg.uid),
+        "{trace}"
+    );
     Ok(())
 }
 

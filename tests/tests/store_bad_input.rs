@@ -185,6 +185,27 @@ async fn bad_requests_get_json_errors_and_are_counted() -> anyhow::Result<()> {
         "bad_request",
     )
     .await?;
+    // An archive's deliveries name mailboxes as an append does, and nothing else.
+    expect_error(
+        &a,
+        Method::POST,
+        "/v1/queues/inbound/items/1/archive?lease=x",
+        &[],
+        r#"{"to":"archive","delivery":{"mailboxes":[{"user":"ann\r\n@acme.example","folder":"INBOX"}]}}"#,
+        400,
+        "bad_request",
+    )
+    .await?;
+    expect_error(
+        &a,
+        Method::POST,
+        "/v1/queues/inbound/items/1/archive?lease=x",
+        &[],
+        r#"{"to":"archive","delivery":{"mailboxes":[{"user":"ann@acme.example","folder":"INBOX","body":"x"}]}}"#,
+        400,
+        "bad_request",
+    )
+    .await?;
     expect_error(
         &a,
         Method::POST,

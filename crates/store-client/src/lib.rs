@@ -28,7 +28,7 @@ mod queue_admin;
 mod types;
 pub use drain::Drain;
 pub use hyper::{Method, StatusCode};
-pub use noted::Hop;
+pub use noted::{DeliveredTo, Delivery, Hop};
 pub use queue_admin::{Flushed, ItemState, MergedMeta};
 pub use types::*;
 

@@ -6,7 +6,9 @@ use hyper::Method;
 use hyper::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
-use crate::{Appended, ClientError, Enqueued, StoreClient, Written, segment, written};
+use serde::Deserialize;
+
+use crate::{Appended, ClientError, Enqueued, Leased, StoreClient, Written, segment, written};
 
 /// A trace hop written by the store together with the write it describes (`X-Fabric-Trace`).
 #[derive(Debug, Clone)]
@@ -112,19 +114,93 @@ impl StoreClient {
             segment(queue),
             segment(lease)
         );
-        let body = json!({
+        self.archive_call(&path, to, hold, transfer, None).await?;
+        Ok(())
+    }
+
+    /// What [`archive`](Self::archive) does, after delivering leased `item`'s message into
+    /// `delivery`'s mailboxes of this same store, all in one write: the mailboxes share the body the
+    /// store holds already, so it is neither sent nor stored again. A folder that has the message
+    /// (by fabric message id) keeps its copy (`duplicate`).
+    pub async fn archive_delivering(
+        &self,
+        queue: &str,
+        item: &Leased,
+        to: &str,
+        hold: std::time::Duration,
+        transfer: Option<(&str, &str, &Value)>,
+        delivery: &Delivery<'_>,
+    ) -> Result<Vec<DeliveredTo>, ClientError> {
+        let path = format!(
+            "/v1/queues/{}/items/{}/archive?lease={}",
+            segment(queue),
+            item.id,
+            segment(&item.lease)
+        );
+        let mailboxes: Vec<Value> = delivery
+            .mailboxes
+            .iter()
+            .map(|(user, folder)| json!({"user": user, "folder": folder}))
+            .collect();
+        let trace = delivery
+            .hop
+            .as_ref()
+            .map(|h| json!({"node": h.node, "action": h.action, "detail": h.detail}));
+        let delivery = json!({"mailboxes": mailboxes, "trace": trace});
+        let resp = self
+            .archive_call(&path, to, hold, transfer, Some(delivery))
+            .await?;
+        let archived: Written<Archived> = written(&self.base, resp)?;
+        Ok(archived.value.delivered)
+    }
+
+    async fn archive_call(
+        &self,
+        path: &str,
+        to: &str,
+        hold: std::time::Duration,
+        transfer: Option<(&str, &str, &Value)>,
+        delivery: Option<Value>,
+    ) -> Result<crate::RawResponse, ClientError> {
+        let mut body = json!({
             "to": to,
             "hold_ms": i64::try_from(hold.as_millis()).unwrap_or(i64::MAX),
             "transfer": transfer.map(|(from, to_side, summary)| json!({"from": from, "to": to_side, "summary": summary})),
         });
+        if let Some(d) = delivery {
+            body["delivery"] = d;
+        }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         self.call(
             Method::POST,
-            &path,
+            path,
             &[(CONTENT_TYPE.as_str(), "application/json".into())],
             bytes,
         )
-        .await?;
-        Ok(())
+        .await
     }
+}
+
+/// Mailboxes an archive delivers into first (`(user, folder)`), and the hop each delivery writes to
+/// the trace (the store puts `USER FOLDER uid N` before its detail).
+#[derive(Debug, Clone, Default)]
+pub struct Delivery<'a> {
+    pub mailboxes: Vec<(&'a str, &'a str)>,
+    pub hop: Option<Hop<'a>>,
+}
+
+/// One delivery an archive made.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeliveredTo {
+    pub user: String,
+    pub folder: String,
+    pub uid: i64,
+    pub uidvalidity: i64,
+    pub duplicate: bool,
+}
+
+#[derive(Deserialize)]
+struct Archived {
+    #[serde(default)]
+    delivered: Vec<DeliveredTo>,
 }

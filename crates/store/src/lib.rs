@@ -29,6 +29,7 @@ mod bodies;
 mod db;
 mod epoch;
 mod error;
+mod flags;
 mod mailbox_move;
 mod notes;
 mod ops;

@@ -1,7 +1,8 @@
 //! Notes that ride along with a write, so one mirrored write does what took several:
 //! - a trace hop written with the enqueue or append it describes (`Request::Noted`);
 //! - a queue item archived (moved to another queue, its body left where it lies) together with the
-//!   transfer log entry of its move (`Request::Archive`).
+//!   transfer log entry of its move (`Request::Archive`), and, when its recipients' mailboxes are on
+//!   the same store, with their deliveries, which share the item's body (`Delivery`).
 //!
 //! A message's trip through the fabric then costs the stores one write per hop instead of three or
 //! four (enqueue + trace; append + trace; transfer log + archive copy + ack), and the archive copy no
@@ -9,7 +10,7 @@
 //! everything else.
 
 use rusqlite::params;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::db;
 use crate::error::StoreError;
@@ -142,25 +143,72 @@ pub fn execute_noted(
     Ok(reply)
 }
 
-/// Moves leased item `id` of `queue` to queue `to` (its body stays where it lies), released,
-/// enqueued there now and hidden for `hold_ms` (an archive's retention: its purge then leases only
-/// what is due), and logs the transfer. If `to` already holds the message (an earlier attempt got
-/// that far), the item is only removed.
+/// Mailboxes of this store that an archived item's message goes into before it moves: what a
+/// transfer server's append of the body did in a write of its own, now done with the archive move,
+/// the body shared with the item rather than sent and stored again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub mailboxes: Vec<MailboxRef>,
+    /// The hop each delivery writes to the trace: `USER FOLDER uid N` before its detail.
+    pub trace: Option<TraceNote>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxRef {
+    pub user: String,
+    pub folder: String,
+}
+
+/// One delivery of an archive request (`duplicate`: the folder had the message already).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Delivered {
+    pub user: String,
+    pub folder: String,
+    pub uid: i64,
+    pub uidvalidity: i64,
+    pub duplicate: bool,
+}
+
+/// Which item moves where: leased item `id` of `queue` to queue `to`, hidden there for `hold_ms`.
+pub struct ArchiveMove<'a> {
+    pub queue: &'a str,
+    pub id: i64,
+    pub lease: Option<&'a str>,
+    pub to: &'a str,
+    pub hold_ms: i64,
+}
+
+/// Delivers the item's message into `delivery`'s mailboxes (each at most once: a folder that
+/// already has the fabric message id keeps its copy), then moves the item to queue `to` (its body
+/// stays where it lies), released, enqueued there now and hidden for `hold_ms` (an archive's
+/// retention: its purge then leases only what is due), and logs the transfer. If `to` already holds
+/// the message (an earlier attempt got that far), the item is only removed.
 pub fn execute_archive(
     ctx: &mut Ctx<'_>,
-    queue: &str,
-    id: i64,
-    lease: Option<&str>,
-    to: &str,
-    hold_ms: i64,
+    m: ArchiveMove<'_>,
     transfer: Option<&TransferNote>,
+    delivery: Option<&Delivery>,
 ) -> Result<Reply, StoreError> {
+    let ArchiveMove {
+        queue,
+        id,
+        lease,
+        to,
+        hold_ms,
+    } = m;
     requests::check_lease(ctx, queue, id, lease)?;
     let message_id: String = db::scalar_one(
         ctx.conn,
         "SELECT message_id FROM queue_items WHERE id = ?",
         params![id],
     )?;
+    let mut delivered = Vec::new();
+    for mailbox in delivery.map(|d| d.mailboxes.as_slice()).unwrap_or_default() {
+        let trace = delivery.and_then(|d| d.trace.as_ref());
+        delivered.push(deliver_shared(ctx, queue, id, &message_id, mailbox, trace)?);
+    }
     let already: Option<i64> = db::scalar_opt(
         ctx.conn,
         "SELECT id FROM queue_items WHERE queue = ? AND message_id = ?",
@@ -184,7 +232,60 @@ pub fn execute_archive(
         let summary = t.summary.as_ref().map(|s| s.to_string());
         append_transfer(ctx, &message_id, &t.from, &t.to, summary, None)?;
     }
-    Ok(Reply::Acked)
+    Ok(Reply::Archived(delivered))
+}
+
+/// Puts queue item `id`'s message into one mailbox folder, sharing the item's body, and writes the
+/// delivery's trace hop; a folder that has the message already is left as it is.
+fn deliver_shared(
+    ctx: &mut Ctx<'_>,
+    queue: &str,
+    id: i64,
+    message_id: &str,
+    to: &MailboxRef,
+    trace: Option<&TraceNote>,
+) -> Result<Delivered, StoreError> {
+    let uidvalidity = requests::ensure_mailbox(ctx, &to.user, &to.folder)?;
+    let existing: Option<i64> = db::scalar_opt(
+        ctx.conn,
+        "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
+        params![to.user, to.folder, message_id],
+    )?;
+    let mut delivered = Delivered {
+        user: to.user.clone(),
+        folder: to.folder.clone(),
+        uid: 0,
+        uidvalidity,
+        duplicate: existing.is_some(),
+    };
+    if let Some(uid) = existing {
+        delivered.uid = uid;
+        return Ok(delivered);
+    }
+    delivered.uid = db::scalar_one(
+        ctx.conn,
+        "SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?",
+        params![to.user, to.folder],
+    )?;
+    ctx.apply(PhysOp::MessageFromQueue {
+        user: to.user.clone(),
+        folder: to.folder.clone(),
+        uid: delivered.uid,
+        message_id: message_id.to_string(),
+        flags: String::new(),
+        internal_date_ms: ctx.now_ms,
+        queue: queue.to_string(),
+        id,
+    })?;
+    if let Some(t) = trace {
+        let place = format!("{} {} uid {}", to.user, to.folder, delivered.uid);
+        let detail = match &t.detail {
+            Some(d) => format!("{place} {d}"),
+            None => place,
+        };
+        append_trace(ctx, message_id, &t.node, &t.action, None, Some(detail))?;
+    }
+    Ok(delivered)
 }
 
 #[cfg(test)]

@@ -166,6 +166,20 @@ pub enum PhysOp {
         enqueued_at_ms: i64,
         visible_at_ms: i64,
     },
+    /// A mailbox message whose body is queue item `id`'s, shared rather than copied: a delivery
+    /// from a queue of the same store (see `notes`). Every copy holds that item (batches apply in
+    /// order), so a mirror resolves the body from its own copy of it and the body crosses the wire
+    /// once, with the enqueue.
+    MessageFromQueue {
+        user: String,
+        folder: String,
+        uid: i64,
+        message_id: String,
+        flags: String,
+        internal_date_ms: i64,
+        queue: String,
+        id: i64,
+    },
 }
 
 /// Where a mailbox message lives, as the catalog records it (queue items are found in `queue_items`).
@@ -248,18 +262,32 @@ pub fn apply(conn: &Connection, bodies: &mut Appender, op: &PhysOp) -> Result<u6
             if r == 0 {
                 bodies.unput(at);
             }
-            db::exec(conn, "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
-                 ON CONFLICT DO NOTHING", params![user, folder, message_id, uid])?;
-            db::exec(conn, "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?", params![uid, user, folder])?;
-            if r > 0 {
-                catalog_add(
-                    conn,
-                    &mailbox_location(user, folder, *uid),
-                    message_id,
-                    *internal_date_ms,
-                )
-                ?;
+            message_placed(conn, user, folder, *uid, message_id, *internal_date_ms, r)?;
+            r
+        }
+        PhysOp::MessageFromQueue {
+            user,
+            folder,
+            uid,
+            message_id,
+            flags,
+            internal_date_ms,
+            queue,
+            id,
+        } => {
+            // The row points at the item's body where it lies (a segment, or inline bytes copied).
+            let r = db::exec(conn, "INSERT INTO messages (user, folder, uid, message_id, flags, internal_date_ms, size, body, body_seg, body_off, body_len, body_crc)
+                 SELECT ?, ?, ?, ?, ?, ?, COALESCE(body_len, length(body)), body, body_seg, body_off, body_len, body_crc
+                 FROM queue_items WHERE queue = ? AND id = ? ON CONFLICT DO NOTHING", params![user, folder, uid, message_id, flags, internal_date_ms, queue, id])?;
+            if r == 0 {
+                let placed: Option<i64> = db::scalar_opt(conn, "SELECT uid FROM messages WHERE user = ? AND folder = ? AND uid = ?", params![user, folder, uid])?;
+                if placed.is_none() {
+                    return Err(StoreError::Internal(format!(
+                        "{user}/{folder} uid {uid}: queue {queue:?} has no item {id} to take the body from"
+                    )));
+                }
             }
+            message_placed(conn, user, folder, *uid, message_id, *internal_date_ms, r)?;
             r
         }
         PhysOp::MessageFlags {
@@ -355,6 +383,39 @@ pub fn apply(conn: &Connection, bodies: &mut Appender, op: &PhysOp) -> Result<u6
         }
     };
     Ok(rows)
+}
+
+/// What follows a message's insert (`inserted` rows: 0 when it was there already): its id recorded
+/// as delivered to the folder, UIDNEXT past its UID, and its catalog entry.
+fn message_placed(
+    conn: &Connection,
+    user: &str,
+    folder: &str,
+    uid: i64,
+    message_id: &str,
+    internal_date_ms: i64,
+    inserted: u64,
+) -> Result<(), StoreError> {
+    db::exec(
+        conn,
+        "INSERT INTO delivered (user, folder, message_id, uid) VALUES (?, ?, ?, ?)
+         ON CONFLICT DO NOTHING",
+        params![user, folder, message_id, uid],
+    )?;
+    db::exec(
+        conn,
+        "UPDATE mailboxes SET uidnext = MAX(uidnext, ? + 1) WHERE user = ? AND folder = ?",
+        params![uid, user, folder],
+    )?;
+    if inserted > 0 {
+        catalog_add(
+            conn,
+            &mailbox_location(user, folder, uid),
+            message_id,
+            internal_date_ms,
+        )?;
+    }
+    Ok(())
 }
 
 fn catalog_add(

@@ -296,6 +296,8 @@ pub async fn merge(store: &Store, tail: Tail) -> Result<Merged, StoreError> {
             PhysOp::HomePut { .. } | PhysOp::MailboxReset { .. } | PhysOp::DeliveredPut { .. } => {
                 merged.count("mailbox_move", "superseded")
             }
+            // The log's reader turns these into inserts (or delivered ids) already.
+            PhysOp::MessageFromQueue { .. } => merged.count("append", "unread"),
             PhysOp::MailboxCreate { .. }
             | PhysOp::MetaSet { .. }
             | PhysOp::MailboxUidValidity { .. } => {}

@@ -11,6 +11,9 @@
 //! - a message's insert becomes a [`PhysOp::DeliveredPut`]: the copy still learns that the message id
 //!   was delivered to the folder (invariant 3: never delivered twice) and that UIDNEXT passed its UID.
 //!
+//! A message delivered with its queue item's body shared ([`PhysOp::MessageFromQueue`]) is read like
+//! a message's insert, from its own row: what the log gives is always self-contained.
+//!
 //! A queue item's row is found by its id alone (ids are unique across a store's queues): a later
 //! operation of the log may have moved it to another queue ([`PhysOp::QueueMove`]), and the copy
 //! replays that move after the insert. A row is the same message only if its message id matches too (a mailbox reset may give its UID to
@@ -136,6 +139,33 @@ async fn restore_body(
                 visible_at_ms,
             }))
         }
+        // A delivery that shared a queue item's body reads it from its own row, as an insert does:
+        // the item may be gone by the time the log is read, and a copy catching up from the log
+        // may never have held it (its insert dropped, above).
+        PhysOp::MessageFromQueue {
+            user,
+            folder,
+            uid,
+            message_id,
+            flags,
+            internal_date_ms,
+            ..
+        } => {
+            Box::pin(restore_body(
+                pool,
+                bodies,
+                PhysOp::MessageInsert {
+                    user,
+                    folder,
+                    uid,
+                    message_id,
+                    flags,
+                    internal_date_ms,
+                    body: Vec::new(),
+                },
+            ))
+            .await
+        }
         PhysOp::MessageInsert {
             user,
             folder,
@@ -226,6 +256,17 @@ mod tests {
             vec![
                 message(1, "kept", b"kept body"),
                 message(2, "gone", b"gone body"),
+                // Delivered sharing item 2's body, which a later batch deletes.
+                PhysOp::MessageFromQueue {
+                    user: "bob@acme.example".into(),
+                    folder: "INBOX".into(),
+                    uid: 1,
+                    message_id: "m2".into(),
+                    flags: String::new(),
+                    internal_date_ms: 5,
+                    queue: "inbound".into(),
+                    id: 2,
+                },
             ],
             vec![
                 PhysOp::QueueDelete {
@@ -275,6 +316,16 @@ mod tests {
                     folder: "INBOX".into(),
                     message_id: "gone".into(),
                     uid: 2,
+                },
+                // The shared delivery comes back self-contained, though its item is gone.
+                PhysOp::MessageInsert {
+                    user: "bob@acme.example".into(),
+                    folder: "INBOX".into(),
+                    uid: 1,
+                    message_id: "m2".into(),
+                    flags: String::new(),
+                    internal_date_ms: 5,
+                    body: b"queued two".to_vec(),
                 },
             ]
         );

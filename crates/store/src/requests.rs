@@ -11,8 +11,9 @@ use crate::bodies::{Appender, Stored};
 use crate::db;
 
 use crate::error::StoreError;
+pub use crate::flags::{join_flags, split_flags};
 use crate::mailbox_move::{self, HomeSet, ImportFolder};
-use crate::notes::{self, TraceNote, TransferNote};
+use crate::notes::{self, Delivered, Delivery, TraceNote, TransferNote};
 use crate::ops::{self, PhysOp};
 use crate::queue_admin::{self, AdminRequest};
 use crate::writer::Counters;
@@ -120,6 +121,8 @@ pub enum Request {
         /// Hidden in `to` for this long (an archive's retention).
         hold_ms: i64,
         transfer: Option<TransferNote>,
+        /// Mailboxes the item's message goes into first, its body shared (`notes::Delivery`).
+        delivery: Option<Box<Delivery>>,
     },
 }
 
@@ -140,6 +143,9 @@ impl Request {
     pub fn grows(&self) -> bool {
         if let Request::Noted { inner, .. } = self {
             return inner.grows();
+        }
+        if let Request::Archive { delivery, .. } = self {
+            return delivery.as_ref().is_some_and(|d| !d.mailboxes.is_empty());
         }
         matches!(
             self,
@@ -201,6 +207,8 @@ pub enum Reply {
     },
     /// A queue administration answer, as the API returns it.
     Admin(serde_json::Value),
+    /// An item archived, after the deliveries it carried (see `notes`).
+    Archived(Vec<Delivered>),
 }
 
 /// What one request may use while the writer's transaction is open.
@@ -525,14 +533,18 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             to,
             hold_ms,
             transfer,
+            delivery,
         } => notes::execute_archive(
             ctx,
-            queue,
-            *id,
-            lease.as_deref(),
-            to,
-            *hold_ms,
+            notes::ArchiveMove {
+                queue,
+                id: *id,
+                lease: lease.as_deref(),
+                to,
+                hold_ms: *hold_ms,
+            },
             transfer.as_ref(),
+            delivery.as_deref(),
         ),
         // Handled before the body is taken, above.
         Request::Noted { .. } => Err(StoreError::Internal("a noted request nested".into())),
@@ -566,7 +578,11 @@ pub(crate) fn check_lease(
 }
 
 /// Creates the mailbox folder if needed; returns its UIDVALIDITY.
-fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, StoreError> {
+pub(crate) fn ensure_mailbox(
+    ctx: &mut Ctx<'_>,
+    user: &str,
+    folder: &str,
+) -> Result<i64, StoreError> {
     let existing: Option<i64> = db::scalar_opt(
         ctx.conn,
         "SELECT uidvalidity FROM mailboxes WHERE user = ? AND folder = ?",
@@ -583,32 +599,4 @@ fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, St
         uidvalidity,
     })?;
     Ok(uidvalidity)
-}
-
-pub fn split_flags(flags: &str) -> Vec<String> {
-    flags.split_whitespace().map(str::to_string).collect()
-}
-
-/// Flags are stored sorted and de-duplicated, separated by spaces.
-pub fn join_flags(flags: impl Iterator<Item = String>) -> String {
-    let mut v: Vec<String> = flags.filter(|f| !f.is_empty()).collect();
-    v.sort_by_key(|f| f.to_ascii_lowercase());
-    v.dedup_by(|a, b| a.eq_ignore_ascii_case(b));
-    v.join(" ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_are_sorted_and_unique() {
-        let joined = join_flags(
-            ["\\Seen", "\\Flagged", "\\seen", ""]
-                .into_iter()
-                .map(String::from),
-        );
-        assert_eq!(joined, "\\Flagged \\Seen");
-        assert_eq!(split_flags(&joined), vec!["\\Flagged", "\\Seen"]);
-    }
 }

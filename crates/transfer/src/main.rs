@@ -55,8 +55,8 @@ async fn main() -> anyhow::Result<()> {
                     // Every leased item at once: their store writes share group commits.
                     let mut batch = tokio::task::JoinSet::new();
                     for item in items {
-                        let (mover, store) = (mover.clone(), store.clone());
-                        batch.spawn(async move { mover.deliver(&store, &item).await });
+                        let (mover, store, name) = (mover.clone(), store.clone(), name.clone());
+                        batch.spawn(async move { mover.deliver(&name, &store, &item).await });
                     }
                     while batch.join_next().await.is_some() {}
                 }

@@ -1,5 +1,6 @@
 //! Inbound: mail the Internet side queued on `inbound` goes into each recipient's mailbox, on the store
-//! that is the home of the recipient's domain. Then the move is written to the transfer log and the
+//! that is the home of the recipient's domain (when that is the item's own store, together with the
+//! archive move: one write, the body shared, see the store's `notes`). Then the move is written to the transfer log and the
 //! message's trace, a copy is kept on `archive` for the retention period, and only then is the inbound
 //! item acknowledged. A crash anywhere in between leaves the item leased; the lease expires and the move
 //! is done again, which the mailbox de-duplicates by the fabric message id (exactly once).
@@ -10,7 +11,7 @@ use std::time::Duration;
 use mail_parser::MessageParser;
 use serde_json::{Value, json};
 use store_client::homes::Homes;
-use store_client::{Hop, Leased, StoreClient};
+use store_client::{Delivery, Hop, Leased, StoreClient};
 
 /// How long a leased item is ours before another transfer server may take it.
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -57,10 +58,11 @@ impl Mover {
         Some((store.name.clone(), client(store)?))
     }
 
-    /// Moves one leased inbound item; on failure it is deferred and tried again later.
-    pub async fn deliver(&self, source: &StoreClient, item: &Leased) {
+    /// Moves one leased inbound item of store `source_name`; on failure it is deferred and tried
+    /// again later.
+    pub async fn deliver(&self, source_name: &str, source: &StoreClient, item: &Leased) {
         let id = &item.message_id;
-        match self.try_deliver(source, item).await {
+        match self.try_deliver(source_name, source, item).await {
             Ok(n) => {
                 metrics::counter!("fabric_transfer_moved_total", "direction" => "inbound")
                     .increment(1);
@@ -80,7 +82,12 @@ impl Mover {
         }
     }
 
-    async fn try_deliver(&self, source: &StoreClient, item: &Leased) -> Result<usize, String> {
+    async fn try_deliver(
+        &self,
+        source_name: &str,
+        source: &StoreClient,
+        item: &Leased,
+    ) -> Result<usize, String> {
         let id = &item.message_id;
         let meta = item.meta.clone().unwrap_or_default();
         let rcpts: Vec<String> = meta["rcpts"]
@@ -99,11 +106,17 @@ impl Mover {
             Some(_) => ("Quarantine", "quarantined"),
             None => ("INBOX", "delivered"),
         };
+        // Mailboxes on the item's own store are delivered with the archive move below; the others
+        // get the body appended first. The trace hop goes with each: "RCPT FOLDER uid N on STORE".
+        let mut local = Vec::new();
         for rcpt in &rcpts {
             let (store_name, store) = self
                 .mailbox_store(rcpt)
                 .ok_or_else(|| format!("{rcpt}: no home store for its domain"))?;
-            // The trace hop goes with the append: "RCPT FOLDER uid N on STORE".
+            if store_name == source_name {
+                local.push((rcpt.as_str(), folder));
+                continue;
+            }
             let detail = format!("on {store_name}");
             let hop = Hop {
                 node: &self.node,
@@ -115,20 +128,33 @@ impl Mover {
                 .await
                 .map_err(|e| format!("appending for {rcpt} on {store_name}: {e}"))?;
         }
-        // The archive copy, the transfer log entry and the item's removal from `inbound`: one write
-        // (the body stays where it is).
+        // The local deliveries, the archive copy, the transfer log entry and the item's removal
+        // from `inbound`: one write, and the body is neither sent nor stored again.
         let summary = header_summary(&item.body);
-        source
-            .archive(
+        let detail = format!("on {source_name}");
+        let delivery = Delivery {
+            mailboxes: local,
+            hop: Some(Hop {
+                node: &self.node,
+                action,
+                detail: Some(&detail),
+            }),
+        };
+        let delivered = source
+            .archive_delivering(
                 "inbound",
-                item.id,
-                &item.lease,
+                item,
                 "archive",
                 self.retention,
                 Some(("internet", "isolated", &summary)),
+                &delivery,
             )
             .await
-            .map_err(|e| format!("archiving: {e}"))?;
+            .map_err(|e| format!("delivering on {source_name} and archiving: {e}"))?;
+        for d in delivered.iter().filter(|d| d.duplicate) {
+            tracing::info!(msg_id = %id, user = %d.user, folder = %d.folder, uid = d.uid,
+                "the mailbox had the message already (an earlier attempt)");
+        }
         Ok(rcpts.len())
     }
 

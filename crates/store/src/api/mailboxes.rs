@@ -20,7 +20,7 @@ use crate::bodies::{COLUMNS, Stored};
 use crate::error::StoreError;
 use crate::requests::{FlagChange, Reply, Request, split_flags};
 
-fn check_name(what: &str, s: &str) -> Result<(), StoreError> {
+pub(crate) fn check_name(what: &str, s: &str) -> Result<(), StoreError> {
     if s.is_empty() || s.len() > 255 || s.chars().any(|c| c.is_control()) {
         return Err(StoreError::BadRequest(format!(
             "{what} {s:?} must be 1-255 characters without control characters"

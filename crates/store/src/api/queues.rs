@@ -299,6 +299,9 @@ pub struct ArchiveBody {
     hold_ms: i64,
     #[serde(default)]
     transfer: Option<crate::notes::TransferNote>,
+    /// Mailboxes of this store the item's message goes into first, its body shared.
+    #[serde(default)]
+    delivery: Option<crate::notes::Delivery>,
 }
 
 /// Moves a leased item to another queue (`?lease=` as for an ack) and logs its transfer, in one
@@ -325,7 +328,18 @@ pub async fn archive(
             "item {id} is already in queue {queue:?}"
         )));
     }
-    let (_, lsn, durable) = write(
+    if let Some(d) = &archive.delivery {
+        if d.mailboxes.len() > MAX_DELIVERIES {
+            return Err(StoreError::BadRequest(format!(
+                "at most {MAX_DELIVERIES} mailboxes per delivery"
+            )));
+        }
+        for m in &d.mailboxes {
+            super::mailboxes::check_name("user", &m.user)?;
+            super::mailboxes::check_name("folder", &m.folder)?;
+        }
+    }
+    let (reply, lsn, durable) = write(
         &store,
         Request::Archive {
             queue,
@@ -334,16 +348,23 @@ pub async fn archive(
             to: archive.to.clone(),
             hold_ms: archive.hold_ms,
             transfer: archive.transfer,
+            delivery: archive.delivery.map(Box::new),
         },
     )
     .await?;
+    let Reply::Archived(delivered) = reply else {
+        return Err(unexpected(reply));
+    };
     Ok(written(
         StatusCode::OK,
-        json!({"archived": true, "to": archive.to}),
+        json!({"archived": true, "to": archive.to, "delivered": delivered}),
         lsn,
         &durable,
     ))
 }
+
+/// Most mailboxes one archive request delivers to (a message's recipients are fewer: SMTP's limit).
+const MAX_DELIVERIES: usize = 1000;
 
 pub async fn defer(
     State(store): State<Shared>,

@@ -75,6 +75,7 @@ fn archive(db: &mut Db, id: i64, lease: &str) -> Result<Reply, StoreError> {
                 to: "isolated".into(),
                 summary: Some(json!({"subject": "hi"})),
             }),
+            delivery: None,
         },
     )
 }
@@ -249,4 +250,222 @@ fn a_mirror_replaying_the_operations_holds_the_same_rows() {
     assert_eq!(mirror.rows(), db.rows());
     assert_eq!(trace(&mirror, "m5"), trace(&db, "m5"));
     assert_eq!(transfer_log(&mirror), transfer_log(&db));
+}
+
+fn archive_delivering(
+    db: &mut Db,
+    id: i64,
+    lease: &str,
+    users: &[&str],
+) -> Result<Vec<super::Delivered>, StoreError> {
+    let reply = db.run(
+        3_000,
+        Request::Archive {
+            queue: "inbound".into(),
+            id,
+            lease: Some(lease.into()),
+            to: "archive".into(),
+            hold_ms: 60_000,
+            transfer: None,
+            delivery: Some(Box::new(super::Delivery {
+                mailboxes: users
+                    .iter()
+                    .map(|u| super::MailboxRef {
+                        user: u.to_string(),
+                        folder: "INBOX".into(),
+                    })
+                    .collect(),
+                trace: Some(hop("delivered", Some("on store-w1"))),
+            })),
+        },
+    )?;
+    match reply {
+        Reply::Archived(delivered) => Ok(delivered),
+        other => panic!("expected Archived, got {other:?}"),
+    }
+}
+
+/// Archives the item delivering to ann's and bob's INBOX: `(user, uid, duplicate)` of each.
+fn deliver_ann_and_bob(db: &mut Db, id: i64, lease: &str) -> Vec<(String, i64, bool)> {
+    archive_delivering(db, id, lease, &["ann@acme.example", "bob@acme.example"])
+        .expect("archives")
+        .into_iter()
+        .map(|d| (d.user, d.uid, d.duplicate))
+        .collect()
+}
+
+/// `(user, uid, message_id, size, body, where the body lies)` of every mailbox message.
+type MessageRow = (String, i64, String, i64, Vec<u8>, Option<(i64, i64)>);
+
+fn messages(db: &Db) -> Vec<MessageRow> {
+    db::rows_all(
+        &db.conn,
+        &format!(
+            "SELECT user, uid, message_id, size, {} FROM messages ORDER BY user, uid",
+            crate::bodies::COLUMNS
+        ),
+        [],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                crate::bodies::Stored::from_row(r, 4)?,
+            ))
+        },
+    )
+    .expect("messages")
+    .into_iter()
+    .map(|(user, uid, id, size, stored)| {
+        let at = stored.at.map(|a| (a.seg, a.off));
+        (
+            user,
+            uid,
+            id,
+            size,
+            db.bodies.get(stored).expect("body"),
+            at,
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn an_archive_delivers_into_mailboxes_sharing_the_items_body() {
+    let mut db = Db::open();
+    noted_enqueue(&mut db, "m7");
+    let (id, lease) = lease(&mut db);
+    let item_at: (i64, i64) = db::row_opt(
+        &db.conn,
+        "SELECT body_seg, body_off FROM queue_items WHERE id = ?",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("reads")
+    .expect("the item's body lies in a segment");
+    let shipped_before = db.shipped.len();
+    assert_eq!(
+        deliver_ann_and_bob(&mut db, id, &lease),
+        vec![
+            ("ann@acme.example".into(), 1, false),
+            ("bob@acme.example".into(), 1, false)
+        ]
+    );
+    let body = b"Subject: hi\r\n\r\nbody\r\n".to_vec();
+    let len = body.len() as i64;
+    assert_eq!(
+        messages(&db),
+        vec![
+            (
+                "ann@acme.example".into(),
+                1,
+                "m7".into(),
+                len,
+                body.clone(),
+                Some(item_at)
+            ),
+            (
+                "bob@acme.example".into(),
+                1,
+                "m7".into(),
+                len,
+                body.clone(),
+                Some(item_at)
+            ),
+        ],
+        "both messages point at the item's body: nothing was written twice"
+    );
+    // Nothing shipped to the mirrors carries the body again.
+    for op in &db.shipped[shipped_before..] {
+        assert!(
+            !matches!(
+                op,
+                ops::PhysOp::MessageInsert { .. } | ops::PhysOp::QueueInsert { .. }
+            ),
+            "{op:?}"
+        );
+    }
+    let hops: Vec<Option<String>> = trace(&db, "m7").into_iter().map(|h| h.3).collect();
+    assert_eq!(
+        hops[1..],
+        [
+            Some("ann@acme.example INBOX uid 1 on store-w1".to_string()),
+            Some("bob@acme.example INBOX uid 1 on store-w1".to_string()),
+        ]
+    );
+    // The archive copy still reads whole, and a mirror (bodies inline) gets the same mailboxes.
+    let mirror = Db::open();
+    let tx = mirror.conn.unchecked_transaction().expect("tx");
+    for op in &db.shipped {
+        ops::apply(&tx, &mut Appender::inline(), op).expect("applies");
+    }
+    tx.commit().expect("commits");
+    let strip = |rows: Vec<MessageRow>| -> Vec<MessageRow> {
+        rows.into_iter()
+            .map(|(u, uid, id, size, body, _)| (u, uid, id, size, body, None))
+            .collect()
+    };
+    assert_eq!(strip(messages(&mirror)), strip(messages(&db)));
+    assert_eq!(mirror.rows(), db.rows());
+}
+
+#[test]
+fn an_archive_leaves_a_folder_that_has_the_message_as_it_is() {
+    let mut db = Db::open();
+    noted_enqueue(&mut db, "m8");
+    db.run(
+        1_500,
+        Request::Append {
+            user: "ann@acme.example".into(),
+            folder: "INBOX".into(),
+            message_id: "m8".into(),
+            flags: vec!["\\Seen".into()],
+            internal_date_ms: None,
+            body: b"Subject: hi\r\n\r\nbody\r\n".to_vec(),
+        },
+    )
+    .expect("appends");
+    let (id, lease) = lease(&mut db);
+    // Someone else's lease delivers nothing.
+    assert!(matches!(
+        archive_delivering(&mut db, id, "not-the-lease", &["bob@acme.example"]),
+        Err(StoreError::LeaseMismatch(_))
+    ));
+    assert!(messages(&db).iter().all(|m| m.0 == "ann@acme.example"));
+    assert_eq!(
+        deliver_ann_and_bob(&mut db, id, &lease),
+        vec![
+            ("ann@acme.example".into(), 1, true),
+            ("bob@acme.example".into(), 1, false)
+        ]
+    );
+    let flags: String = db::scalar_one(
+        &db.conn,
+        "SELECT flags FROM messages WHERE user = 'ann@acme.example'",
+        [],
+    )
+    .expect("flags");
+    assert_eq!(flags, "\\Seen");
+    assert_eq!(messages(&db).len(), 2);
+}
+
+#[test]
+fn a_copy_without_the_item_refuses_a_shared_delivery() {
+    let mirror = Db::open();
+    let tx = mirror.conn.unchecked_transaction().expect("tx");
+    let op = ops::PhysOp::MessageFromQueue {
+        user: "ann@acme.example".into(),
+        folder: "INBOX".into(),
+        uid: 1,
+        message_id: "m9".into(),
+        flags: String::new(),
+        internal_date_ms: 1,
+        queue: "inbound".into(),
+        id: 42,
+    };
+    assert!(matches!(
+        ops::apply(&tx, &mut Appender::inline(), &op),
+        Err(StoreError::Internal(_))
+    ));
 }
