@@ -74,6 +74,10 @@ struct Args {
     /// Concurrent SMTP sessions of the load generator.
     #[arg(long, default_value_t = 20)]
     smtp_sessions: usize,
+    /// Transactions per round and system for the SMTP latency columns (each its own session, over
+    /// --smtp-sessions senders); 0 skips them.
+    #[arg(long, default_value_t = 1000)]
+    smtp_latency: usize,
     /// Skip the SMTP rows (fabric vs Postfix).
     #[arg(long)]
     no_smtp: bool,
@@ -439,6 +443,7 @@ async fn run(
         Some((maildir, target, mx.name.clone(), home_client, user))
     };
     let mut smtp_rows: [Vec<smtp_load::SmtpSample>; 2] = [Vec::new(), Vec::new()];
+    let mut smtp_latency: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
     let mut cpu_rows: Vec<Vec<cpu::PerWrite>> = vec![Vec::new(); args.concurrency.len()];
     let mut raw_kib: Vec<Vec<f64>> = vec![Vec::new(); args.raw_writers.len()];
     for round in 1..=args.rounds {
@@ -454,6 +459,19 @@ async fn run(
                     smtp_load::postfix(maildir, args.smtp_messages, args.smtp_sessions).await?
                 };
                 smtp_rows[which].push(sample);
+            }
+            if args.smtp_latency > 0 {
+                for k in 0..2 {
+                    let which = (round + k) % 2;
+                    let (n, s) = (args.smtp_latency, args.smtp_sessions);
+                    let sample = if which == 0 {
+                        let addr = target.parse().context("inet-mx address")?;
+                        smtp_load::fabric_latency(addr, home, user, n, s).await?
+                    } else {
+                        smtp_load::postfix_latency(maildir, n, s).await?
+                    };
+                    smtp_latency[which].push(sample);
+                }
             }
         }
         let mut i = 0;
@@ -497,6 +515,19 @@ async fn run(
                         .against(p, "Postfix")
                         .goal(Goal::RatioAtLeast(1.5)),
                 );
+            }
+            if let Some([f, p]) = tables::print_smtp_latency(args, mx, &smtp_latency) {
+                for (what, f, p) in [("p50", f.p50_ms, p.p50_ms), ("p99", f.p99_ms, p.p99_ms)] {
+                    let m = format!(
+                        "{what} of a whole session into {mx}, {} senders",
+                        args.smtp_sessions
+                    );
+                    summary.push(
+                        SummaryRow::new(area, m, "ms")
+                            .fabric(f)
+                            .against(p, "Postfix"),
+                    );
+                }
             }
         }
         None if args.no_smtp => summary.skip("SMTP vs Postfix", "--no-smtp"),

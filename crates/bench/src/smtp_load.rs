@@ -2,7 +2,8 @@
 //! fabric and against Postfix configured as a durable receiver (scripts/postfix-bench.sh), the same
 //! load for both. Accept: until `smtp-source` has every 250. End to end: until every message can be
 //! read by the recipient (in the fabric: in the mailbox on its home store, where POP3 reads it; in
-//! Postfix: a file in `Maildir/new`).
+//! Postfix: a file in `Maildir/new`). Latency: every transaction its own session, timed by our own
+//! client (`smtp-source` reports no per-message times), the same for both.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -146,4 +147,47 @@ pub async fn postfix(
         accept_per_s: messages as f64 / accept.as_secs_f64(),
         e2e_per_s: messages as f64 / e2e.as_secs_f64(),
     })
+}
+
+/// Latency: `messages` transactions, each its own session (connect to QUIT, as a remote MTA sends),
+/// over `sessions` concurrent senders into the fabric's `target`; returns once every message is in
+/// `user`'s mailbox too, so the next round starts from a quiet fabric.
+pub async fn fabric_latency(
+    target: std::net::SocketAddr,
+    store: &StoreClient,
+    user: &str,
+    messages: usize,
+    sessions: usize,
+) -> anyhow::Result<crate::Sample> {
+    let before = mailbox_count(store, user).await;
+    let body = std::sync::Arc::new(crate::edge_overhead::message());
+    let sample = crate::edge_overhead::round(target, user, messages, sessions, body).await?;
+    wait_for(
+        "fabric mailbox",
+        async || mailbox_count(store, user).await,
+        before + messages,
+    )
+    .await?;
+    Ok(sample)
+}
+
+/// The same for Postfix on 127.0.0.1:2525, until every message is a file in `maildir_new`.
+pub async fn postfix_latency(
+    maildir_new: &Path,
+    messages: usize,
+    sessions: usize,
+) -> anyhow::Result<crate::Sample> {
+    let before = files_in(maildir_new);
+    let body = std::sync::Arc::new(crate::edge_overhead::message());
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], 2525));
+    let sample =
+        crate::edge_overhead::round(target, "user@bench.example", messages, sessions, body).await?;
+    let dir = maildir_new.to_path_buf();
+    wait_for(
+        "postfix Maildir",
+        async || files_in(&dir),
+        before + messages,
+    )
+    .await?;
+    Ok(sample)
 }

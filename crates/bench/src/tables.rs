@@ -2,7 +2,7 @@
 //! summary.
 
 use crate::summary::{Goal, Row as SummaryRow, Summary};
-use crate::{Args, Row, cpu, median_of, smtp_load};
+use crate::{Args, Row, Sample, cpu, median_of, smtp_load};
 
 pub fn print_store(args: &Args, rows: &[Row]) {
     let reference = args
@@ -179,6 +179,41 @@ pub fn print_smtp(
         );
     }
     medians
+}
+
+/// Prints the SMTP latency table; the medians of the rounds (fabric, Postfix), if both ran.
+pub fn print_smtp_latency(args: &Args, mx: &str, rows: &[Vec<Sample>; 2]) -> Option<[Sample; 2]> {
+    if rows.iter().any(|r| r.is_empty()) {
+        return None;
+    }
+    println!();
+    println!(
+        "SMTP latency: {} transactions per round, each its own session (connect to QUIT), over {} senders; {} rounds interleaved, medians.",
+        args.smtp_latency, args.smtp_sessions, args.rounds
+    );
+    println!(
+        "{:<58} {:>10} {:>10} {:>10}",
+        "system", "msg/s", "p50 ms", "p99 ms"
+    );
+    let names = [format!("fabric {mx}"), "postfix".to_string()];
+    // Each column's own median over the rounds.
+    let med = |r: &[Sample]| {
+        let of = |f: fn(&Sample) -> f64| median_of(&r.iter().map(f).collect::<Vec<_>>());
+        Sample {
+            per_second: of(|s| s.per_second),
+            p50_ms: of(|s| s.p50_ms),
+            p99_ms: of(|s| s.p99_ms),
+            count: r.iter().map(|s| s.count).sum(),
+        }
+    };
+    let medians = [med(&rows[0]), med(&rows[1])];
+    for (name, m) in names.iter().zip(&medians) {
+        println!(
+            "{:<58} {:>10.0} {:>10.2} {:>10.2}",
+            name, m.per_second, m.p50_ms, m.p99_ms
+        );
+    }
+    Some(medians)
 }
 
 /// The store rows for the summary: raw rates as the reference, each concurrency's mirrored rate
