@@ -1,7 +1,8 @@
 //! Mail through the fabric: SMTP into the Internet mail server, the transfer server moves it into the
 //! recipient's mailbox on the store; every hop in the trace, the move in the transfer log, a copy in the
-//! archive. And the promise under fire: SIGKILL the mail server while 200 messages are being sent, and
-//! every message that got a 250 is in the mailbox exactly once.
+//! archive. And the promise under fire: SIGKILL the mail server while 200 messages are being sent, or
+//! the home store while they move into the mailbox, and every message that got a 250 is in the
+//! mailbox exactly once.
 
 mod common;
 
@@ -265,6 +266,95 @@ async fn sigkill_of_the_mail_server_loses_no_message_that_got_a_250() -> anyhow:
     sandbox.start_node("mx-a").await?;
     let again = send_one(&addr, "after restart").await?;
     assert!(again.starts_with("250"));
+    Ok(())
+}
+
+/// The home store dies while the transfer moves mail: its deliveries ride with the archive move (one
+/// write, the body shared with the queued item), so a write cut off by SIGKILL either happened whole
+/// or not at all. After the restart every message that got a 250 is in the INBOX exactly once, on
+/// the store and on its mirror, and nothing is left on `inbound`.
+#[tokio::test]
+async fn sigkill_of_the_home_store_while_mail_moves_delivers_every_250_once() -> anyhow::Result<()>
+{
+    let mut sandbox = fabric_with_ann().await?;
+    let addr = smtp_addr(&sandbox);
+    let acked: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+    let mut senders = Vec::new();
+    for s in 0..10 {
+        let (addr, acked) = (addr.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..15 {
+                if let Ok(reply) = send_one(&addr, &format!("moving {s}-{i}")).await
+                    && let Some(id) = queued_id(&reply)
+                    && let Ok(mut set) = acked.lock()
+                {
+                    set.insert(id);
+                }
+            }
+        }));
+    }
+    // Kill once 40 are accepted and the transfer has items in hand (leased: hidden until later).
+    let a = common::store(&sandbox, "store-a");
+    testkit::wait_until(
+        "40 messages accepted, some being moved",
+        Duration::from_secs(60),
+        Duration::from_millis(2),
+        || async {
+            acked.lock().map(|m| m.len() >= 40).unwrap_or(false)
+                && a.list_queue("inbound", None)
+                    .await
+                    .is_ok_and(|q| q.iter().any(|i| i.leased))
+        },
+    )
+    .await?;
+    sandbox.kill("store-a", Signal::SIGKILL)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sandbox.start_node("store-a").await?;
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(120), s).await??;
+    }
+    let want = acked.lock().map(|m| m.clone()).unwrap_or_default();
+    assert!(want.len() >= 40, "{} acknowledged", want.len());
+    let b = common::store(&sandbox, "store-b");
+    // An item whose move was cut off stays leased until its lease (60 s) runs out.
+    testkit::wait_until(
+        "every acknowledged message in the INBOX, nothing left on inbound",
+        Duration::from_secs(150),
+        Duration::from_millis(200),
+        || async {
+            let inbox = a.list_mailbox("ann@acme.example", "INBOX", None).await;
+            let queued = a.list_queue("inbound", None).await;
+            match (inbox, queued) {
+                (Ok(l), Ok(q)) => {
+                    let have: BTreeSet<String> =
+                        l.messages.iter().map(|m| m.message_id.clone()).collect();
+                    q.is_empty() && want.is_subset(&have)
+                }
+                _ => false,
+            }
+        },
+    )
+    .await?;
+    let ids = |l: store_client::MailboxListing| {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for m in l.messages {
+            *seen.entry(m.message_id).or_default() += 1;
+        }
+        seen
+    };
+    let on_a = ids(a.list_mailbox("ann@acme.example", "INBOX", None).await?);
+    assert!(on_a.values().all(|n| *n == 1), "delivered twice: {on_a:?}");
+    testkit::wait_until(
+        "the mirror's copy of the INBOX equal to the store's",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            b.list_mailbox("ann@acme.example", "INBOX", Some("store-a"))
+                .await
+                .is_ok_and(|l| ids(l) == on_a)
+        },
+    )
+    .await?;
     Ok(())
 }
 
