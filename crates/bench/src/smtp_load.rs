@@ -109,17 +109,27 @@ pub async fn fabric(
     let before = mailbox_count(store, user).await;
     let start = Instant::now();
     let accept = smtp_source(smtp_target, user, messages, sessions).await?;
-    wait_for(
-        "fabric mailbox",
-        async || mailbox_count(store, user).await,
-        before + messages,
-    )
-    .await?;
+    in_mailbox(store, user, before + messages).await?;
     let e2e = start.elapsed();
     Ok(SmtpSample {
         accept_per_s: messages as f64 / accept.as_secs_f64(),
         e2e_per_s: messages as f64 / e2e.as_secs_f64(),
     })
+}
+
+/// Waits until `user`'s INBOX holds `want` messages.
+async fn in_mailbox(store: &StoreClient, user: &str, want: usize) -> anyhow::Result<()> {
+    wait_for(
+        "fabric mailbox",
+        async || mailbox_count(store, user).await,
+        want,
+    )
+    .await
+}
+
+/// Waits until `maildir_new` holds `want` files.
+async fn in_maildir(maildir_new: &Path, want: usize) -> anyhow::Result<()> {
+    wait_for("postfix Maildir", async || files_in(maildir_new), want).await
 }
 
 fn files_in(dir: &Path) -> usize {
@@ -135,13 +145,7 @@ pub async fn postfix(
     let before = files_in(maildir_new);
     let start = Instant::now();
     let accept = smtp_source("127.0.0.1:2525", "user@bench.example", messages, sessions).await?;
-    let dir = maildir_new.to_path_buf();
-    wait_for(
-        "postfix Maildir",
-        async || files_in(&dir),
-        before + messages,
-    )
-    .await?;
+    in_maildir(maildir_new, before + messages).await?;
     let e2e = start.elapsed();
     Ok(SmtpSample {
         accept_per_s: messages as f64 / accept.as_secs_f64(),
@@ -162,12 +166,7 @@ pub async fn fabric_latency(
     let before = mailbox_count(store, user).await;
     let body = std::sync::Arc::new(crate::edge_overhead::message());
     let sample = crate::edge_overhead::round(target, user, messages, sessions, body).await?;
-    wait_for(
-        "fabric mailbox",
-        async || mailbox_count(store, user).await,
-        before + messages,
-    )
-    .await?;
+    in_mailbox(store, user, before + messages).await?;
     Ok(sample)
 }
 
@@ -182,12 +181,6 @@ pub async fn postfix_latency(
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], 2525));
     let sample =
         crate::edge_overhead::round(target, "user@bench.example", messages, sessions, body).await?;
-    let dir = maildir_new.to_path_buf();
-    wait_for(
-        "postfix Maildir",
-        async || files_in(&dir),
-        before + messages,
-    )
-    .await?;
+    in_maildir(maildir_new, before + messages).await?;
     Ok(sample)
 }

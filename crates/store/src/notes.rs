@@ -126,21 +126,23 @@ pub fn execute_noted(
             duplicate: false,
             ..
         } => {
-            let place = format!(
-                "{} {} uid {uid}",
-                user.unwrap_or_default(),
-                folder.unwrap_or_default()
-            );
-            let detail = match &trace.detail {
-                Some(d) => format!("{place} {d}"),
-                None => place,
-            };
+            let (user, folder) = (user.unwrap_or_default(), folder.unwrap_or_default());
+            let detail = placed_detail(&user, &folder, *uid, trace);
             (message_id.clone(), Some(detail))
         }
         _ => return Ok(reply),
     };
     append_trace(ctx, &message_id, &trace.node, &trace.action, None, detail)?;
     Ok(reply)
+}
+
+/// A delivery's hop detail: where the message went (`USER FOLDER uid N`), then the note's detail.
+fn placed_detail(user: &str, folder: &str, uid: i64, trace: &TraceNote) -> String {
+    let place = format!("{user} {folder} uid {uid}");
+    match &trace.detail {
+        Some(d) => format!("{place} {d}"),
+        None => place,
+    }
 }
 
 /// Mailboxes of this store that an archived item's message goes into before it moves: what a
@@ -245,28 +247,17 @@ fn deliver_shared(
     to: &MailboxRef,
     trace: Option<&TraceNote>,
 ) -> Result<Delivered, StoreError> {
-    let uidvalidity = requests::ensure_mailbox(ctx, &to.user, &to.folder)?;
-    let existing: Option<i64> = db::scalar_opt(
-        ctx.conn,
-        "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
-        params![to.user, to.folder, message_id],
-    )?;
-    let mut delivered = Delivered {
+    let (uidvalidity, uid, duplicate) = requests::uid_for(ctx, &to.user, &to.folder, message_id)?;
+    let delivered = Delivered {
         user: to.user.clone(),
         folder: to.folder.clone(),
-        uid: 0,
+        uid,
         uidvalidity,
-        duplicate: existing.is_some(),
+        duplicate,
     };
-    if let Some(uid) = existing {
-        delivered.uid = uid;
+    if duplicate {
         return Ok(delivered);
     }
-    delivered.uid = db::scalar_one(
-        ctx.conn,
-        "SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?",
-        params![to.user, to.folder],
-    )?;
     ctx.apply(PhysOp::MessageFromQueue {
         user: to.user.clone(),
         folder: to.folder.clone(),
@@ -278,11 +269,7 @@ fn deliver_shared(
         id,
     })?;
     if let Some(t) = trace {
-        let place = format!("{} {} uid {}", to.user, to.folder, delivered.uid);
-        let detail = match &t.detail {
-            Some(d) => format!("{place} {d}"),
-            None => place,
-        };
+        let detail = placed_detail(&to.user, &to.folder, delivered.uid, t);
         append_trace(ctx, message_id, &t.node, &t.action, None, Some(detail))?;
     }
     Ok(delivered)

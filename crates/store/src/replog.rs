@@ -107,6 +107,29 @@ async fn restore_body(
     bodies: &Bodies,
     op: PhysOp,
 ) -> Result<Option<PhysOp>, StoreError> {
+    // A delivery that shared a queue item's body reads it from its own row, as an insert does: the
+    // item may be gone by the time the log is read, and a copy catching up from the log may never
+    // have held it (its insert dropped, below).
+    let op = match op {
+        PhysOp::MessageFromQueue {
+            user,
+            folder,
+            uid,
+            message_id,
+            flags,
+            internal_date_ms,
+            ..
+        } => PhysOp::MessageInsert {
+            user,
+            folder,
+            uid,
+            message_id,
+            flags,
+            internal_date_ms,
+            body: Vec::new(),
+        },
+        other => other,
+    };
     match op {
         PhysOp::QueueInsert {
             queue,
@@ -138,33 +161,6 @@ async fn restore_body(
                 enqueued_at_ms,
                 visible_at_ms,
             }))
-        }
-        // A delivery that shared a queue item's body reads it from its own row, as an insert does:
-        // the item may be gone by the time the log is read, and a copy catching up from the log
-        // may never have held it (its insert dropped, above).
-        PhysOp::MessageFromQueue {
-            user,
-            folder,
-            uid,
-            message_id,
-            flags,
-            internal_date_ms,
-            ..
-        } => {
-            Box::pin(restore_body(
-                pool,
-                bodies,
-                PhysOp::MessageInsert {
-                    user,
-                    folder,
-                    uid,
-                    message_id,
-                    flags,
-                    internal_date_ms,
-                    body: Vec::new(),
-                },
-            ))
-            .await
         }
         PhysOp::MessageInsert {
             user,

@@ -358,13 +358,8 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
             internal_date_ms,
             body: _,
         } => {
-            let uidvalidity = ensure_mailbox(ctx, user, folder)?;
-            let existing: Option<i64> = db::scalar_opt(
-                ctx.conn,
-                "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
-                params![user, folder, message_id],
-            )?;
-            if let Some(uid) = existing {
+            let (uidvalidity, uid, duplicate) = uid_for(ctx, user, folder, message_id)?;
+            if duplicate {
                 return Ok(Reply::Appended {
                     uid,
                     uidvalidity,
@@ -372,11 +367,6 @@ pub fn execute(ctx: &mut Ctx<'_>, request: &mut Request) -> Result<Reply, StoreE
                     duplicate: true,
                 });
             }
-            let uid: i64 = db::scalar_one(
-                ctx.conn,
-                "SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?",
-                params![user, folder],
-            )?;
             ctx.apply(PhysOp::MessageInsert {
                 user: user.clone(),
                 folder: folder.clone(),
@@ -577,12 +567,33 @@ pub(crate) fn check_lease(
     Ok(attempts)
 }
 
-/// Creates the mailbox folder if needed; returns its UIDVALIDITY.
-pub(crate) fn ensure_mailbox(
+/// Where `message_id` goes in a folder (created if needed): `(uidvalidity, uid, duplicate)`, the
+/// UID it has if the folder had it already (`duplicate`), else the folder's UIDNEXT.
+pub(crate) fn uid_for(
     ctx: &mut Ctx<'_>,
     user: &str,
     folder: &str,
-) -> Result<i64, StoreError> {
+    message_id: &str,
+) -> Result<(i64, i64, bool), StoreError> {
+    let uidvalidity = ensure_mailbox(ctx, user, folder)?;
+    let existing: Option<i64> = db::scalar_opt(
+        ctx.conn,
+        "SELECT uid FROM delivered WHERE user = ? AND folder = ? AND message_id = ?",
+        params![user, folder, message_id],
+    )?;
+    if let Some(uid) = existing {
+        return Ok((uidvalidity, uid, true));
+    }
+    let uid: i64 = db::scalar_one(
+        ctx.conn,
+        "SELECT uidnext FROM mailboxes WHERE user = ? AND folder = ?",
+        params![user, folder],
+    )?;
+    Ok((uidvalidity, uid, false))
+}
+
+/// Creates the mailbox folder if needed; returns its UIDVALIDITY.
+fn ensure_mailbox(ctx: &mut Ctx<'_>, user: &str, folder: &str) -> Result<i64, StoreError> {
     let existing: Option<i64> = db::scalar_opt(
         ctx.conn,
         "SELECT uidvalidity FROM mailboxes WHERE user = ? AND folder = ?",
