@@ -122,6 +122,9 @@ async fn the_edge_filters_balances_and_keeps_mail_flowing() -> anyhow::Result<()
     let mut t = topology::Topology::load(testkit::workspace_root().join("topology/two-site.toml"))?;
     // Mail the relays hold while west is down is handed over within seconds once it is back.
     t.timing.relay_retry = Duration::from_secs(2);
+    // Routers and redirectors relay every byte here, as they do where nodes do not share a host (a
+    // container each); tests/redirector.rs covers the same-host handoff.
+    t.edge.handoff = false;
     let mut sandbox = Sandbox::start_topology(t).await?;
     let t = sandbox.topology().clone();
     let hash = common::argon2_hash("edge secret")?;
@@ -230,6 +233,21 @@ print(json.dumps("ok"))
     assert!(
         received.contains(&format!("([{}])", client_ip("internet"))),
         "the Received line names the real client, not a proxy: {received}"
+    );
+
+    let metrics = common::metrics(&sandbox, "router-inet-w1").await?;
+    assert!(
+        common::metric_sum(
+            &metrics,
+            "fabric_router_bytes_total",
+            &[("direction", "to_upstream")]
+        ) > 0.0,
+        "the router relayed the session"
+    );
+    assert_eq!(
+        common::metric_sum(&metrics, "fabric_handoff_offers_total", &[]),
+        0.0,
+        "nothing is handed off with edge.handoff = false"
     );
 
     // 3. fabric send finds the fabric through its DNS and gets a 250 from the home site.

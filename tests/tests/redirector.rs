@@ -1,5 +1,6 @@
 //! The redirectors of the two-site fabric, end to end with real processes and SIGKILL: mail through
-//! redirector-inet-w reaches the mailbox and the mail server sees the real client; sessions spread over
+//! redirector-inet-w (and through a router in front of it) reaches the mailbox, handed off from hop
+//! to hop on this host, and the mail server sees the real client; sessions spread over
 //! both west servers; the isolated redirector greets for IMAP, POP3 and submission; a server killed
 //! under load leaves the pool within a second without failing a new session and returns after its
 //! restart; with every west server dead mail flows through the east; with every server dead the client
@@ -181,7 +182,12 @@ async fn redirectors_balance_fail_over_and_never_fail_a_new_session() -> anyhow:
     // 1. Mail through the west Internet redirector arrives, and the server saw the real client.
     let report = common::python(LOAD, &load_env(&inet_w, 1, 10, "plain")).await?;
     assert_eq!(accepted(&report)?, 10, "{report}");
-    let mut expected = 10;
+    // And through a router in front of it: the router hands the connection to the redirector, the
+    // redirector to the server (all on this host), and nobody relays a byte.
+    let via_router = addr(&sandbox, "router-inet-w1", "smtp");
+    let report = common::python(LOAD, &load_env(&via_router, 1, 5, "routed")).await?;
+    assert_eq!(accepted(&report)?, 5, "{report}");
+    let mut expected = 15;
     wait_inbox(&sandbox, expected).await?;
     let store = common::store(&sandbox, "store-w1");
     let listing = store.list_mailbox(USER, "INBOX", None).await?;
@@ -194,6 +200,36 @@ async fn redirectors_balance_fail_over_and_never_fail_a_new_session() -> anyhow:
             "the mail server names the real client, not the redirector: {received}"
         );
     }
+    let router = status(&sandbox, "router-inet-w1").await?;
+    assert!(
+        router["counters"]["upstream"]["handed_off"].as_u64() >= Some(5),
+        "the router handed its sessions to the redirector: {router}"
+    );
+    let metrics = common::metrics(&sandbox, "router-inet-w1").await?;
+    assert_eq!(
+        common::metric_sum(&metrics, "fabric_router_bytes_total", &[]),
+        0.0,
+        "a handed-off session is not relayed by the router"
+    );
+    let metrics = common::metrics(&sandbox, "redirector-inet-w").await?;
+    assert!(
+        common::metric_sum(
+            &metrics,
+            "fabric_handoff_offers_total",
+            &[("result", "taken")]
+        ) >= 15.0,
+        "the redirector handed every session to a server: {metrics}"
+    );
+    let mut received = 0.0;
+    for mx in ["inet-mx-w1", "inet-mx-w2"] {
+        let m = common::metrics(&sandbox, mx).await?;
+        received += common::metric_sum(&m, "fabric_handoff_received_total", &[]);
+    }
+    assert!(
+        received >= 15.0,
+        "the servers took {received} sessions by handoff"
+    );
+
     // 2. Both west servers took sessions (ten sequential sessions: the tie between idle servers is random).
     for mx in ["inet-mx-w1", "inet-mx-w2"] {
         let p = picks(&sandbox, "redirector-inet-w", "smtp", mx).await;

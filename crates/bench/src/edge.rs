@@ -102,7 +102,7 @@ fn topology_text() -> String {
         )
     };
     let mut t = String::from(
-        "[fabric]\nname = \"edge-bench\"\n\n[edge]\nsend_proxy = false\n\n[[site]]\nname = \"bench\"\n\n\
+        "[fabric]\nname = \"edge-bench\"\n\n[edge]\nsend_proxy = false\nhandoff = false\n\n[[site]]\nname = \"bench\"\n\n\
          [[zone]]\nname = \"internet\"\nkind = \"internet\"\ncidr = \"127.0.0.0/24\"\n\n",
     );
     t.push_str(&node("sink-1", "inet-mx", SINKS[0]));

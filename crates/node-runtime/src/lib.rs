@@ -8,10 +8,13 @@
 //! - `logging`: JSON log lines carrying node, site and role (human-readable on a terminal).
 //! - `admin`: `/metrics`, `/health`, `/ready`, `/status` over HTTP.
 //! - `shutdown`: signals to a `CancellationToken`, and the drain deadline.
+//! - `sessions`: a protocol port's accept loop (session cap, PROXY headers, handed-off connections).
+//! - `handoff`: passing a client's connection to the next hop on the same host (`SCM_RIGHTS`).
 //!
 //! This crate knows nothing about any role's protocol; roles hand it a status closure and extra routes.
 
 pub mod admin;
+pub mod handoff;
 pub mod logging;
 pub mod proxy_header;
 pub mod sessions;
@@ -78,6 +81,7 @@ impl NodeContext {
             );
         }
         logging::init(&node.name, &node.site, role.as_str());
+        handoff::describe_metrics();
         let data_dir = args
             .data_dir
             .clone()

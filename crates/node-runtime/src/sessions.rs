@@ -5,6 +5,8 @@
 //! A connection from one of the topology's routers or redirectors starts with a PROXY v2 header
 //! (`proxy_header`): the session is served as the client it names, so logs and limits see the real
 //! sender. A proxy's connection without a valid header is closed and counted; nobody else may send one.
+//! A router or redirector on the same host may instead hand the client's connection itself to the
+//! port (`handoff`): it is served the same way, as the client the handoff names.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::{NodeContext, proxy_header};
+use crate::{NodeContext, handoff, proxy_header};
 
 /// How long a proxy has to send its header once connected.
 const PROXY_HEADER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -85,22 +87,28 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     let proxies: Arc<Vec<std::net::Ipv4Addr>> = Arc::new(ctx.topology.proxy_addresses());
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = ctx.shutdown.cancelled() => break,
-        };
+    let mut handed = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| match handoff::listen(addr) {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "no same-host handoff for this port; serving TCP only");
+                None
+            }
+        });
+    let start = |mut stream: TcpStream,
+                 peer: SocketAddr,
+                 handed_as: Option<(SocketAddr, handoff::SessionDone)>| {
         let _ = stream.set_nodelay(true);
         let (serve, permits, proxies) = (serve.clone(), limit.permits.clone(), proxies.clone());
         ctx.tasks.spawn(async move {
             let from_proxy = matches!(peer.ip(), std::net::IpAddr::V4(ip) if proxies.contains(&ip));
-            let client = if from_proxy {
+            // A handed-off session's sender hears it ended when `_done` drops with this task.
+            let (known_client, _done) = handed_as.unzip();
+            let client = if let Some(client) = known_client {
+                client
+            } else if from_proxy {
                 match proxy_header::read(&mut stream, PROXY_HEADER_DEADLINE).await {
                     Ok(client) => client.unwrap_or(peer),
                     Err(e) => {
@@ -121,6 +129,25 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
                 tracing::debug!(peer = %client, error = %e, "session ended with an I/O error");
             }
         });
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => start(stream, peer, None),
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            Some(inc) = next_handed(&mut handed) => start(inc.stream, inc.hop, Some((inc.client, inc.done))),
+            _ = ctx.shutdown.cancelled() => break,
+        }
+    }
+    // Closing the handoff side makes the routers and redirectors offer elsewhere from now on; what
+    // was handed over already is served like the sessions already open.
+    if let Some(mut rx) = handed {
+        rx.close();
+        // Ends once the queue is empty and no offer holds a reserved place in it.
+        while let Some(inc) = rx.recv().await {
+            start(inc.stream, inc.hop, Some((inc.client, inc.done)));
+        }
     }
     tracing::info!("stopping: no new sessions; waiting for the open ones");
     ctx.tasks.close();
@@ -133,5 +160,15 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
             ?deadline,
             "sessions still open at the deadline; stopping anyway"
         );
+    }
+}
+
+/// The next connection handed to this port, or never when it has no handoff socket.
+async fn next_handed(
+    handed: &mut Option<tokio::sync::mpsc::Receiver<handoff::Incoming>>,
+) -> Option<handoff::Incoming> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

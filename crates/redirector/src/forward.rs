@@ -1,6 +1,8 @@
-//! One client session: pick a backend, open a connection to it from the redirector's own address
-//! (with a PROXY v2 header naming the client), wait for the server's greeting, and only then hand
-//! the greeting to the client and splice the two sockets. A connect, header or greeting that fails
+//! One client session: pick a backend, and either hand it the client's connection (a server of the
+//! site on the same host, `node_runtime::handoff`: the redirector leaves the data path) or open a
+//! connection to it from the redirector's own address (with a PROXY v2 header naming the client),
+//! wait for the server's greeting, and only then hand the greeting to the client and splice the two
+//! sockets. A connect, header or greeting that fails
 //! is counted against that backend and the session goes to the next one, so a dead server costs the
 //! client nothing; only when every candidate failed does the client get the protocol's "unavailable"
 //! line.
@@ -9,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use node_runtime::proxy_header;
+use node_runtime::{handoff, proxy_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -28,6 +30,9 @@ pub struct Dialer {
     pub greeting_timeout: Duration,
     /// The fabric's redirectors: a session from one of them stays on local backends.
     pub redirectors: Arc<Vec<IpAddr>>,
+    /// Hand sessions to local servers on the same host (`node_runtime::handoff`) instead of relaying
+    /// their bytes; those servers that do not take them are relayed to over TCP.
+    pub handoff: bool,
     /// The fabric's relays: a relay hands mail back to its home site's own servers, so its sessions
     /// stay local too (the other site is where the relay is; sending it there would loop).
     pub relays: Arc<Vec<IpAddr>>,
@@ -124,8 +129,8 @@ pub async fn serve(
     pool.session_started();
     let local_only =
         dialer.redirectors.contains(&peer.ip()) || dialer.relays.contains(&client.ip());
-    let local = stream.local_addr()?;
-    let header = proxy_header::encode(client, local);
+    // The PROXY header is built once, and only if some backend gets one (it costs a getsockname).
+    let mut header: Option<Vec<u8>> = None;
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     loop {
         let Some(b) = pool.next(&tried, local_only) else {
@@ -139,7 +144,39 @@ pub async fn serve(
             pool.retried();
         }
         let guard = b.take();
-        let h = dialer.proxies_to(&b).then_some(header.as_slice());
+        if let (true, Kind::Local, IpAddr::V4(hop)) = (dialer.handoff, b.kind, dialer.source) {
+            let target = handoff::target(b.addr);
+            match target
+                .hand(&stream, client, hop, dialer.greeting_timeout)
+                .await
+            {
+                Ok(handed) => {
+                    b.success(Source::Connect);
+                    // The server has the client's connection now; this task only keeps the session
+                    // counted against the backend until the server says it ended.
+                    drop(stream);
+                    handed.closed().await;
+                    drop(guard);
+                    return Ok(());
+                }
+                Err(e) if e.is_unavailable() => {}
+                Err(e) => {
+                    tracing::debug!(backend = %b.name, service = pool.service.as_str(), error = %e, "backend failed a handoff; trying the next");
+                    b.failure(Source::Connect, &e.to_string());
+                    drop(guard);
+                    tried.push(b);
+                    continue;
+                }
+            }
+        }
+        let h = if dialer.proxies_to(&b) {
+            if header.is_none() {
+                header = Some(proxy_header::encode(client, stream.local_addr()?));
+            }
+            header.as_deref()
+        } else {
+            None
+        };
         let opened = match dialer.connect(&b, h, dialer.connect_timeout).await {
             Ok(mut upstream) => {
                 match read_greeting(&mut upstream, pool.service, dialer.greeting_timeout).await {

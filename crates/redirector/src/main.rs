@@ -30,7 +30,10 @@ use crate::service::Service;
 /// Sessions served at once per service; more are told to come back.
 const MAX_SESSIONS: usize = 10_000;
 
-#[tokio::main]
+/// One thread: relaying a session is kernel work (about 90% of the redirector's CPU is in the TCP
+/// stack), and a second worker only adds cross-thread wakeups on the fabric's two-core machines
+/// (measured against `tokio::main`'s default of one worker per core in `docs/benchmarks.md`).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
     let ctx = NodeContext::init(&args, Role::Redirector)?;
@@ -47,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let dialer = Arc::new(Dialer {
         source: IpAddr::V4(node.source_ip()),
         send_proxy: edge.send_proxy,
+        handoff: edge.handoff,
         connect_timeout: (interval * 4).max(Duration::from_secs(1)),
         // A live server of the fabric greets in milliseconds; a frozen one (SIGSTOP: the kernel still
         // accepts) never does, and every session that picked it before the checks took it out waits
@@ -129,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let readiness = Readiness::default();
     readiness.set(true);
     let admin_task = tokio::spawn(AdminServer::new(&ctx, readiness, Arc::new(status)).serve(admin));
-    tracing::info!(zone = %zone, services = ?node.ports.keys().collect::<Vec<_>>(), send_proxy = edge.send_proxy, "redirector ready");
+    tracing::info!(zone = %zone, services = ?node.ports.keys().collect::<Vec<_>>(), send_proxy = edge.send_proxy, handoff = edge.handoff, "redirector ready");
 
     let mut listeners = tokio::task::JoinSet::new();
     for (pool, listener) in pools {

@@ -1,6 +1,7 @@
-//! Forwarding an allowed connection: open a connection to the first redirector that answers (the
-//! site's own, then the other sites'), from the router's own address, write the PROXY v2 header naming
-//! the client, then splice both ways until both sides are done.
+//! Forwarding an allowed connection: hand it whole to the site's redirector when that runs on the
+//! same host (`node_runtime::handoff`); otherwise open a connection to the first redirector that
+//! answers (the site's own, then the other sites'), from the router's own address, write the PROXY
+//! v2 header naming the client, then splice both ways until both sides are done.
 //!
 //! The client sees nothing until a redirector has answered: if none does, its connection is closed
 //! (a FIN, not a reset, so it is told apart from an access-list refusal) and counted.
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::Counter;
+use node_runtime::handoff;
 use node_runtime::proxy_header;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -34,16 +36,47 @@ pub enum ForwardError {
     Splice(io::Error),
 }
 
+/// How the router reaches its redirectors.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    /// The router's own address: relayed connections are opened from it.
+    pub source: IpAddr,
+    /// Hand connections to the site's redirector on the same host (`Plan::handoff`).
+    pub handoff: bool,
+}
+
 /// Serves one allowed connection to its end. `local` is the router's address the client connected to.
 pub async fn forward(
     client: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    source: IpAddr,
+    via: Via,
     service: &str,
     upstreams: &[Upstream],
     stats: &Stats,
 ) -> Result<(), ForwardError> {
+    let Via { source, handoff } = via;
+    if handoff
+        && let (IpAddr::V4(hop), Some(u)) = (source, upstreams.first())
+        && u.path == "local"
+    {
+        match handoff::target(u.addr).give(&client, peer, hop).await {
+            Ok(()) => {
+                metrics::counter!("fabric_router_upstream_total", "path" => "local").increment(1);
+                stats.upstream_local.fetch_add(1, Ordering::Relaxed);
+                stats.handed_off.fetch_add(1, Ordering::Relaxed);
+                // The redirector has the client's connection now: the flow is no longer the
+                // router's (it leaves the open count here) and nothing more comes back.
+                return Ok(());
+            }
+            Err(e) if e.is_unavailable() => {}
+            Err(e) => {
+                metrics::counter!("fabric_router_upstream_attempt_failures_total", "redirector" => u.name.clone())
+                    .increment(1);
+                tracing::debug!(redirector = %u.name, error = %e, "could not give the connection to the redirector; relaying instead");
+            }
+        }
+    }
     let Some((mut upstream, chosen)) = connect_first(source, upstreams).await else {
         metrics::counter!("fabric_router_upstream_failures_total", "service" => service.to_string())
             .increment(1);

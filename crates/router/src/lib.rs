@@ -4,12 +4,15 @@
 //! connection on a port whose service the zone's `[[acl]]` allows is forwarded to the site's
 //! redirector of the zone, with a PROXY v2 header naming the real client first, and to another site's
 //! redirector when the local one does not answer; every other connection is reset without a byte,
-//! logged and counted in `fabric_acl_denied_total{rule="zone:service"}`. So nothing on the Internet side
+//! logged and counted in `fabric_acl_denied_total{rule="zone:service"}`. When the site's redirector
+//! runs on the same host, an allowed connection is handed to it whole (`node_runtime::handoff`) and
+//! the router leaves the data path; otherwise it relays. So nothing on the Internet side
 //! reaches an intranet server, a store or an admin port through a router (invariant 4).
 //!
 //! # Layout
 //! - `plan`: what each guarded port does, decided once from the topology.
-//! - `forward`: connect to a redirector (bounded, from the router's address), header, splice.
+//! - `forward`: hand the connection to the site's redirector, or connect to a redirector (bounded,
+//!   from the router's address), header, splice.
 //! - `refuse`: the reset, the rate-limited log line, the counters.
 //! - `stats`: counters for `/metrics` and `/status`.
 //!
@@ -189,7 +192,11 @@ impl PortLoop {
         if let Some(s) = self.stats.service(&g.service) {
             s.allowed.fetch_add(1, Ordering::Relaxed);
         }
-        let (guarded, stats, source) = (g.clone(), self.stats.clone(), self.plan.source);
+        let (guarded, stats) = (g.clone(), self.stats.clone());
+        let via = forward::Via {
+            source: self.plan.source,
+            handoff: self.plan.handoff,
+        };
         let from_relay = match peer.ip() {
             std::net::IpAddr::V4(ip) => self.plan.relays.contains(&ip),
             std::net::IpAddr::V6(_) => false,
@@ -206,7 +213,7 @@ impl PortLoop {
                 stream,
                 peer,
                 local,
-                source,
+                via,
                 &guarded.service,
                 &upstreams,
                 &stats,

@@ -67,6 +67,9 @@ pub struct Plan {
     /// The relays' addresses: a relay hands mail back to this site's own servers, so its flows go to
     /// this site's redirector only, never on to the other site's (where the relay itself is).
     pub relays: Vec<std::net::Ipv4Addr>,
+    /// Hand allowed connections to the site's redirector when it runs on the same host
+    /// (`node_runtime::handoff`) instead of relaying their bytes (the topology's `edge.handoff`).
+    pub handoff: bool,
 }
 
 impl Plan {
@@ -115,6 +118,7 @@ impl Plan {
             source: std::net::IpAddr::V4(node.source_ip()),
             ports,
             relays: topology.relay_addresses(),
+            handoff: topology.edge.handoff,
         })
     }
 

@@ -28,6 +28,8 @@ pub struct Stats {
     pub upstream_local: AtomicU64,
     /// Flows that reached another site's redirector because the local one did not answer.
     pub upstream_other_site: AtomicU64,
+    /// Of `upstream_local`, flows handed whole to the redirector on the same host (not relayed).
+    pub handed_off: AtomicU64,
     /// Flows closed because no redirector answered.
     pub upstream_failures: AtomicU64,
     /// Denial log lines left out by the rate limit.
@@ -75,6 +77,7 @@ impl Stats {
                 "local": self.upstream_local.load(Ordering::Relaxed),
                 "other_site": self.upstream_other_site.load(Ordering::Relaxed),
                 "failed": self.upstream_failures.load(Ordering::Relaxed),
+                "handed_off": self.handed_off.load(Ordering::Relaxed),
             },
             "denial_logs_suppressed": self.denial_logs_suppressed.load(Ordering::Relaxed),
         })
@@ -97,7 +100,7 @@ fn describe() {
     metrics::describe_counter!(
         "fabric_router_bytes_total",
         metrics::Unit::Bytes,
-        "Bytes spliced, by direction (to_upstream: from clients to redirectors; to_client: back)."
+        "Bytes spliced, by direction (to_upstream: from clients to redirectors; to_client: back). Flows handed off to a redirector on the same host are not relayed and not counted here."
     );
     metrics::describe_counter!(
         "fabric_router_upstream_total",

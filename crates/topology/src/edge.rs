@@ -37,6 +37,11 @@ pub struct Edge {
     /// `smtp-sink` backends, which do not speak PROXY (HAProxy's config there has no `send-proxy`
     /// either). Connections to another site's redirector always carry the header.
     pub send_proxy: bool,
+    /// Whether routers and redirectors hand a client's connection itself to the next hop when it
+    /// runs on the same host (a unix socket named after its address answers), instead of relaying
+    /// every byte of the session through themselves. On by default; a hop that does not answer is
+    /// relayed to over TCP either way (a container per node, `smtp-sink`).
+    pub handoff: bool,
 }
 
 impl Default for Edge {
@@ -48,6 +53,7 @@ impl Default for Edge {
             dns_ttl: Duration::from_secs(5),
             dns_refresh: Duration::from_secs(1),
             send_proxy: true,
+            handoff: true,
         }
     }
 }
