@@ -294,7 +294,27 @@ pub async fn rows(
             break;
         }
         if recovered.elapsed() > LIMIT {
-            bail!("continuity: the mailbox was not complete within {LIMIT:?} of the recovery");
+            // Name what is wrong, so a run that fails says where to look.
+            let wrong: Vec<String> = accepted
+                .iter()
+                .filter(|(s, _)| counts.get(s) != Some(&1))
+                .take(5)
+                .map(|(s, host)| {
+                    format!(
+                        "{s:?} (accepted by {host}) {} time(s)",
+                        counts.get(s).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            bail!(
+                "continuity: the mailbox was not complete within {LIMIT:?} of the recovery: {} of {} accepted messages not there exactly once (first: {}); {queued} still in relay queues",
+                accepted
+                    .iter()
+                    .filter(|(s, _)| counts.get(s) != Some(&1))
+                    .count(),
+                accepted.len(),
+                wrong.join(", ")
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -27,12 +27,21 @@ impl Drop for SessionDone {
             return;
         }
         let bytes = Record::plain(Kind::Closed, self.id).encode();
-        // A record this small fits unless the sender stopped reading; then it has no use for it.
-        let _ = nix_socket::send(
+        let sent = nix_socket::send(
             self.sock.as_raw_fd(),
             &bytes,
             MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
         );
+        // A full channel (a burst of sessions ending while the sender is busy): the sender counts
+        // this session as open until it hears, so the record waits for room rather than being lost.
+        if sent == Err(nix::errno::Errno::EAGAIN)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let sock = self.sock.clone();
+            runtime.spawn(async move {
+                let _ = sock.send(&bytes).await;
+            });
+        }
     }
 }
 
