@@ -385,3 +385,61 @@ async fn redirectors_balance_fail_over_and_never_fail_a_new_session() -> anyhow:
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_router_whose_redirector_was_sigkilled_relays_to_the_other_site_and_hands_off_again_after_its_restart()
+-> anyhow::Result<()> {
+    let mut sandbox = Sandbox::start("topology/two-site.toml").await?;
+    let hash = common::argon2_hash("redirector secret")?;
+    common::store(&sandbox, "store-w1")
+        .put_user(USER, &json!({"password_hash": hash, "notify": "none"}))
+        .await?;
+    let via_router = addr(&sandbox, "router-inet-w1", "smtp");
+    let counter = |v: &Value, key: &str| v["counters"]["upstream"][key].as_u64().unwrap_or(0);
+
+    // 1. Handed off to the local redirector on this host.
+    let report = common::python(LOAD, &load_env(&via_router, 1, 3, "before")).await?;
+    assert_eq!(accepted(&report)?, 3, "{report}");
+    let before = status(&sandbox, "router-inet-w1").await?;
+    assert!(counter(&before, "handed_off") >= 3, "{before}");
+
+    // 2. The redirector dies: the router's offer finds nobody, and the flow is relayed to the other
+    //    site's redirector, which serves it from its own servers. No sender sees a failure.
+    sandbox.kill("redirector-inet-w", Signal::SIGKILL)?;
+    let report = common::python(LOAD, &load_env(&via_router, 1, 3, "redirector down")).await?;
+    assert_eq!(accepted(&report)?, 3, "{report}");
+    for a in report.as_array().context("report")? {
+        assert_eq!(
+            a.as_array().map(Vec::len),
+            Some(1),
+            "first attempt took: {a}"
+        );
+    }
+    let during = status(&sandbox, "router-inet-w1").await?;
+    assert_eq!(
+        counter(&during, "other_site"),
+        counter(&before, "other_site") + 3,
+        "{during}"
+    );
+    assert_eq!(
+        counter(&during, "handed_off"),
+        counter(&before, "handed_off")
+    );
+
+    // 3. Restarted, it takes handed-off flows again (within the router's 1 s retry of the name).
+    sandbox.start_node("redirector-inet-w").await?;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let report = common::python(LOAD, &load_env(&via_router, 1, 3, "after")).await?;
+    assert_eq!(accepted(&report)?, 3, "{report}");
+    let after = status(&sandbox, "router-inet-w1").await?;
+    assert_eq!(
+        counter(&after, "handed_off"),
+        counter(&during, "handed_off") + 3,
+        "{after}"
+    );
+    // Every accepted message is in the mailbox, once.
+    wait_inbox(&sandbox, 9).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(inbox(&sandbox).await, 9, "each message exactly once");
+    Ok(())
+}
