@@ -15,20 +15,23 @@
 //!
 //! The exchange, one [`RECORD`]-byte record per message, over one channel per (sender process,
 //! receiver address):
-//! - `Offer(id, client, hop)` carries two descriptors: the client's socket and a *claim token*, a
-//!   one-byte datagram waiting in a socket the sender keeps a descriptor of too;
-//! - the receiver reads the token (nonblocking) and only if it got it serves the session at once and
-//!   answers `Took(id)`; the sender then closes its copy of the client's socket;
+//! - `Offer(id, client, hop)` carries two descriptors: the client's socket and a *claim token*, an
+//!   eventfd holding a count of 1 that the sender keeps a descriptor of too;
+//! - the receiver reads the token (nonblocking) and only if it got it serves the session at once,
+//!   saying nothing;
 //! - `Closed(id)` when the receiver's session has ended, so the sender can count open sessions.
 //!
 //! An offer without a token is a gift ([`Target::give`]): the receiver serves it at once and answers
 //! nothing, with the guarantees of relaying to it (a router gives its flows to its redirector so,
-//! which costs the router one wakeup per session). With a token ([`Target::hand`]), reading the byte
-//! is atomic, so exactly one side owns the session. A sender that hears nothing in
-//! time (the receiver froze) or sees the channel break (it died) takes the token back itself: if it
-//! gets it, the receiver never claimed the session and never will (a frozen server that wakes finds
-//! the token gone and closes its copy), and the sender offers the session elsewhere; if it does not,
-//! the receiver owns it. So a dead or frozen receiver costs the client nothing, two servers never
+//! which costs the router one wakeup per session). With a token ([`Target::hand`]), reading the
+//! token takes its whole count at once, so exactly one side owns the session. The sender keeps its
+//! copy of the client's socket, out of its poller, until it hears `Closed` or a timeout passes
+//! ([`Handed::outcome`]). If nothing was heard by then (the receiver froze) or the channel broke (it
+//! died), it takes the token back itself: if it gets it, the receiver never claimed the session and
+//! never will (a frozen server that wakes finds the token gone and closes its copy), and the sender
+//! offers the session elsewhere; if it does not, the receiver owns it and the sender drops its copy.
+//! A session costs the sender two wakeups (the offer it sends and the `Closed` it reads) and the
+//! receiver one message. So a dead or frozen receiver costs the client nothing, two servers never
 //! greet the same client, and the session's path is one message long. Only a process of the same
 //! user may connect (`SO_PEERCRED`), and the client's address travels in the offer, as a PROXY header
 //! would carry it.
@@ -39,7 +42,6 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -48,7 +50,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{self as nix_socket, MsgFlags};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_seqpacket::ancillary::{AncillaryMessageWriter, OwnedAncillaryMessage};
+use tokio_seqpacket::ancillary::OwnedAncillaryMessage;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
 
 /// Bytes in every record: kind (1), id (8), client address (4) and port (2), hop address (4), padding.
@@ -90,7 +92,6 @@ pub fn socket_name(service_addr: SocketAddr) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Offer = 1,
-    Took = 2,
     Closed = 5,
 }
 
@@ -128,7 +129,6 @@ impl Record {
         }
         let kind = match b[0] {
             1 => Kind::Offer,
-            2 => Kind::Took,
             5 => Kind::Closed,
             _ => return None,
         };
@@ -150,29 +150,6 @@ fn abstract_path(service_addr: SocketAddr) -> PathBuf {
     let mut name = vec![0u8];
     name.extend_from_slice(socket_name(service_addr).as_bytes());
     PathBuf::from(OsString::from_vec(name))
-}
-
-/// Sends one record, with the client's socket and the claim token (if any) when given.
-async fn send(
-    sock: &UnixSeqpacket,
-    rec: Record,
-    attach: Option<(&TcpStream, Option<BorrowedFd<'_>>)>,
-) -> io::Result<()> {
-    let bytes = rec.encode();
-    match attach {
-        None => sock.send(&bytes).await.map(|_| ()),
-        Some((stream, token)) => {
-            let mut space = [0u8; ANCILLARY];
-            let mut ancillary = AncillaryMessageWriter::new(&mut space);
-            let fds: Vec<BorrowedFd<'_>> = std::iter::once(stream.as_fd()).chain(token).collect();
-            ancillary
-                .add_fds(fds)
-                .map_err(|_| io::Error::other("no room for the descriptor"))?;
-            sock.send_vectored_with_ancillary(&[IoSlice::new(&bytes)], &mut ancillary)
-                .await
-                .map(|_| ())
-        }
-    }
 }
 
 /// Receives one record and the descriptors it carried; `None` at the end of the channel. A record
@@ -203,17 +180,23 @@ async fn recv(sock: &UnixSeqpacket) -> io::Result<Option<(Record, Vec<OwnedFd>)>
     Ok(Some((rec, fds)))
 }
 
-/// Takes the claim token out of its socket: true for exactly one of all who try.
-fn claim(token: &UnixDatagram) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(token.recv(&mut byte), Ok(1))
+/// Takes the claim token: true for exactly one of all who try. The token is an eventfd made
+/// nonblocking with a count of 1, and a read takes the whole count at once (any later read finds
+/// nothing), so reading it is the claim.
+fn claim(token: impl AsFd) -> bool {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    // Whatever a sender passed, the read must not wait: a token that is not nonblocking is not one.
+    let nonblocking = fcntl(&token, FcntlArg::F_GETFL)
+        .is_ok_and(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK));
+    let mut count = [0u8; 8];
+    nonblocking && matches!(nix::unistd::read(token, &mut count), Ok(8))
 }
 
 mod receiver;
 mod sender;
 
 pub use receiver::{Incoming, SessionDone, listen};
-pub use sender::{Handed, Target, target};
+pub use sender::{Handed, Refused, Target, target};
 
 /// Describes the handoff metrics (every node that sends or receives).
 pub fn describe_metrics() {

@@ -146,21 +146,25 @@ pub async fn serve(
         let guard = b.take();
         if let (true, Kind::Local, IpAddr::V4(hop)) = (dialer.handoff, b.kind, dialer.source) {
             let target = handoff::target(b.addr);
-            match target
-                .hand(&stream, client, hop, dialer.greeting_timeout)
-                .await
-            {
-                Ok(handed) => {
+            let offered = target
+                .hand(stream, client, hop, dialer.greeting_timeout)
+                .await;
+            // The server has the client's connection once it claimed the offer; this task only
+            // keeps the session counted against the backend until the server says it ended.
+            let outcome = match offered {
+                Ok(handed) => handed.outcome().await,
+                Err(refused) => Err(refused),
+            };
+            match outcome {
+                Ok(()) => {
                     b.success(Source::Connect);
-                    // The server has the client's connection now; this task only keeps the session
-                    // counted against the backend until the server says it ended.
-                    drop(stream);
-                    handed.closed().await;
                     drop(guard);
                     return Ok(());
                 }
-                Err(e) if e.is_unavailable() => {}
-                Err(e) => {
+                Err(refused) if refused.error.is_unavailable() => stream = refused.stream,
+                Err(refused) => {
+                    stream = refused.stream;
+                    let e = refused.error;
                     tracing::debug!(backend = %b.name, service = pool.service.as_str(), error = %e, "backend failed a handoff; trying the next");
                     b.failure(Source::Connect, &e.to_string());
                     drop(guard);

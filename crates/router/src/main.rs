@@ -10,7 +10,7 @@ use router::{MAX_CONNECTIONS, Plan, Router};
 use tokio::net::TcpListener;
 use topology::Role;
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
     let ctx = NodeContext::init(&args, Role::Router)?;

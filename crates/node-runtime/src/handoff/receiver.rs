@@ -131,8 +131,7 @@ async fn serve_channel(sock: Arc<UnixSeqpacket>, tx: mpsc::Sender<Incoming>) {
             }
             continue;
         };
-        let token = UnixDatagram::from(token);
-        if token.set_nonblocking(true).is_err() || !claim(&token) {
+        if !claim(&token) {
             // The sender gave up on us and took its token back (we were too slow): not ours.
             metrics::counter!("fabric_handoff_late_total").increment(1);
             continue;
@@ -140,8 +139,8 @@ async fn serve_channel(sock: Arc<UnixSeqpacket>, tx: mpsc::Sender<Incoming>) {
         let Some(stream) = offered_stream(client) else {
             continue;
         };
-        // The session is ours whatever happens to the channel now; `Took` lets the sender go.
-        let _ = send(&sock, Record::plain(Kind::Took, rec.id), None).await;
+        // The session is ours whatever happens to the channel now. The sender learns so when it
+        // finds the token gone, or hears `Closed`; nothing else is said.
         permit.send(incoming(stream, rec, &sock, false));
     }
     // Sessions still open hold the socket (to say `Closed`); shutting it down tells the sender now.

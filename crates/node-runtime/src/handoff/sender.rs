@@ -2,15 +2,20 @@
 
 use super::*;
 
-/// Where a handed-off session stands, as seen by the sender.
-struct Waiting {
-    took: Option<oneshot::Sender<()>>,
-    closed: Option<oneshot::Sender<()>>,
-}
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+/// Where a handed-off session stands, as seen by the sender: it hears when the session closed.
+type Waiting = oneshot::Sender<()>;
 
 /// One channel to a receiver. `waiting` is `None` once the channel broke.
+///
+/// The socket is registered for reading only: every record the receiver reads frees room in it, and
+/// with write interest each of those would wake this process for nothing (one wakeup per session).
+/// Offers are sent without waiting (see [`send_offer`]).
 struct Channel {
-    sock: UnixSeqpacket,
+    sock: AsyncFd<OwnedFd>,
     next_id: AtomicU64,
     waiting: Mutex<Option<HashMap<u64, Waiting>>>,
 }
@@ -35,24 +40,33 @@ impl Channel {
         }
     }
 
+    /// Reads the receiver's next answer; `None` at the end of the channel or on nonsense.
+    async fn answer(&self) -> Option<Record> {
+        let mut buf = [0u8; RECORD + 1];
+        loop {
+            let mut ready = self.sock.readable().await.ok()?;
+            let read = ready.try_io(|fd| {
+                nix_socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
+                    .map_err(io::Error::from)
+            });
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => return Record::decode(&buf[..n]),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     async fn read_answers(self: Arc<Channel>) {
-        while let Ok(Some((rec, _))) = recv(&self.sock).await {
+        while let Some(rec) = self.answer().await {
             let Ok(mut w) = self.waiting.lock() else {
                 return;
             };
             let Some(map) = w.as_mut() else { return };
-            match rec.kind {
-                Kind::Took => {
-                    if let Some(t) = map.get_mut(&rec.id).and_then(|e| e.took.take()) {
-                        let _ = t.send(());
-                    }
-                }
-                Kind::Closed => {
-                    if let Some(c) = map.remove(&rec.id).and_then(|e| e.closed) {
-                        let _ = c.send(());
-                    }
-                }
-                _ => {}
+            if rec.kind == Kind::Closed
+                && let Some(closed) = map.remove(&rec.id)
+            {
+                let _ = closed.send(());
             }
         }
         // The receiver is gone (or spoke nonsense): everyone waiting on it hears so.
@@ -88,15 +102,82 @@ pub fn target(service_addr: SocketAddr) -> Arc<Target> {
         .clone()
 }
 
-/// A session a receiver took over.
+/// A session offered to a receiver with a claim token, until it is settled (see [`Handed::outcome`]).
 pub struct Handed {
+    /// The sender's copy of the client's connection, out of the runtime's poller: while the
+    /// receiver serves the client, what arrives on it must not wake the sender. (`None` if the poller
+    /// would not let go of it, which does not happen in practice.)
+    stream: Option<std::net::TcpStream>,
+    claim: Claim,
     closed: oneshot::Receiver<()>,
+    channel: Arc<Channel>,
+    id: u64,
+    addr: SocketAddr,
+    timeout: Duration,
+}
+
+/// An offer the receiver did not take: the sender owns the client's connection again.
+#[derive(Debug)]
+pub struct Refused {
+    pub stream: TcpStream,
+    pub error: HandoffError,
+}
+
+impl Refused {
+    fn new(stream: Option<std::net::TcpStream>, error: HandoffError) -> Result<(), Refused> {
+        match stream.map(TcpStream::from_std) {
+            Some(Ok(stream)) => Err(Refused { stream, error }),
+            // Not even the poller takes it back: the client is lost to both sides. Saying so is all
+            // that is left (and the connection closes).
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, %error, "an offered connection could not be taken back");
+                Ok(())
+            }
+            None => {
+                tracing::warn!(%error, "an offered connection was not kept to take back");
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Handed {
-    /// Resolves when the receiver's session has ended (or the receiver is gone).
-    pub async fn closed(self) {
-        let _ = self.closed.await;
+    /// Settles the offer. `Ok` once the receiver's session has ended (or the receiver, having
+    /// claimed the session, is gone). `Err` with the connection if the receiver never claimed it:
+    /// it said nothing within the timeout (frozen) or its channel broke (dead), and the sender got
+    /// the token back, so the session is the sender's to offer elsewhere. A receiver that claimed
+    /// the token keeps the session however long it takes: the sender then drops its copy at the
+    /// timeout and only waits to hear the session closed.
+    pub async fn outcome(self) -> Result<(), Refused> {
+        let Handed {
+            stream,
+            claim,
+            mut closed,
+            channel,
+            id,
+            addr,
+            timeout,
+        } = self;
+        let why = tokio::select! {
+            heard = &mut closed => match heard {
+                Ok(()) => {
+                    count(Ok("taken"));
+                    return Ok(());
+                }
+                Err(_) => HandoffError::Broken(addr, "closed by the receiver".into()),
+            },
+            _ = tokio::time::sleep(timeout) => HandoffError::Timeout(addr, timeout),
+        };
+        if claim.take_back() {
+            channel.forget(id);
+            count(Err(&why));
+            return Refused::new(stream, why);
+        }
+        // Claimed: the session is the receiver's.
+        count(Ok("taken"));
+        drop((stream, claim));
+        let _ = closed.await;
+        Ok(())
     }
 }
 
@@ -134,7 +215,7 @@ impl Target {
             client,
             hop,
         };
-        send(&ch.sock, offer, Some((stream, None)))
+        send_offer(&ch.sock, offer, stream, None)
             .await
             .map_err(|e| {
                 ch.break_off();
@@ -157,7 +238,8 @@ impl Target {
         if st.retry_at.is_some_and(|t| Instant::now() < t) {
             return Err(HandoffError::Unavailable(self.addr));
         }
-        let connected = UnixSeqpacket::connect_blocking(abstract_path(self.addr));
+        let connected = UnixSeqpacket::connect_blocking(abstract_path(self.addr))
+            .and_then(|sock| read_only(OwnedFd::from(sock)));
         match connected {
             Ok(sock) => {
                 let ch = Arc::new(Channel {
@@ -178,49 +260,64 @@ impl Target {
     }
 
     /// Offers `stream`, a client's connection, to the receiver, naming `client` as the peer to serve
-    /// (the real client, as a PROXY header would) and `hop` as the node it came through. On `Ok`
-    /// the receiver serves the session: the caller drops its `stream` (the connection stays open in
-    /// the receiver) and may wait on [`Handed::closed`]. On `Err` the caller still owns the session.
+    /// (the real client, as a PROXY header would) and `hop` as the node it came through, with a
+    /// claim token. On `Ok` the offer is out: [`Handed::outcome`] says whether the receiver served
+    /// the session or the connection is the caller's again. On `Err` nothing was offered.
     pub async fn hand(
         &self,
-        stream: &TcpStream,
+        stream: TcpStream,
         client: SocketAddr,
         hop: Ipv4Addr,
         timeout: Duration,
-    ) -> Result<Handed, HandoffError> {
-        let result = self.try_hand(stream, client, hop, timeout).await;
-        count(result.as_ref().map(|_| "taken"));
-        result
+    ) -> Result<Handed, Refused> {
+        let offered = match self.offer_with_claim(&stream, client, hop).await {
+            Ok(offered) => offered,
+            Err(error) => {
+                count(Err(&error));
+                return Err(Refused { stream, error });
+            }
+        };
+        let stream = stream
+            .into_std()
+            .inspect_err(
+                |e| tracing::warn!(error = %e, "taking an offered connection out of the poller"),
+            )
+            .ok();
+        Ok(Handed {
+            stream,
+            claim: offered.claim,
+            closed: offered.closed,
+            channel: offered.channel,
+            id: offered.id,
+            addr: self.addr,
+            timeout,
+        })
     }
 
-    async fn try_hand(
+    /// Sends `stream` to the receiver with a fresh claim token, and waits for nothing.
+    async fn offer_with_claim(
         &self,
         stream: &TcpStream,
         client: SocketAddr,
         hop: Ipv4Addr,
-        timeout: Duration,
-    ) -> Result<Handed, HandoffError> {
+    ) -> Result<Offered, HandoffError> {
         let SocketAddr::V4(client) = client else {
             return Err(HandoffError::NotV4);
         };
-        let ch = self.channel()?;
-        let broken = |why: &str| HandoffError::Broken(self.addr, why.to_string());
-        let claim = Claim::new().map_err(|e| broken(&format!("making the claim token: {e}")))?;
-        let id = ch.next_id.fetch_add(1, Ordering::Relaxed);
-        let (took_tx, took_rx) = oneshot::channel();
-        let (closed_tx, closed_rx) = oneshot::channel();
+        let channel = self.channel()?;
+        let broken = |why: String| HandoffError::Broken(self.addr, why);
+        let claim = Claim::new().map_err(|e| broken(format!("making the claim token: {e}")))?;
+        let id = channel.next_id.fetch_add(1, Ordering::Relaxed);
+        let (closed_tx, closed) = oneshot::channel();
         {
-            let mut w = ch.waiting.lock().map_err(|_| broken("poisoned"))?;
-            let Some(map) = w.as_mut() else {
-                return Err(broken("closed by the receiver"));
-            };
-            map.insert(
-                id,
-                Waiting {
-                    took: Some(took_tx),
-                    closed: Some(closed_tx),
-                },
-            );
+            let mut w = channel
+                .waiting
+                .lock()
+                .map_err(|_| broken("poisoned".into()))?;
+            let map = w
+                .as_mut()
+                .ok_or_else(|| broken("closed by the receiver".into()))?;
+            map.insert(id, closed_tx);
         }
         let offer = Record {
             kind: Kind::Offer,
@@ -228,30 +325,71 @@ impl Target {
             client,
             hop,
         };
-        let handed = Handed { closed: closed_rx };
-        let why = match send(&ch.sock, offer, Some((stream, Some(claim.token())))).await {
-            Err(e) => {
-                ch.break_off();
-                format!("sending the offer: {e}")
-            }
-            Ok(()) => match tokio::time::timeout(timeout, took_rx).await {
-                Ok(Ok(())) => return Ok(handed),
-                Ok(Err(_)) => "closed before answering".to_string(),
-                Err(_) => String::new(),
-            },
-        };
-        // No answer: whoever takes the token owns the session. If it is still there, the receiver
-        // never claimed it and never will; else it did, and serves the client however late it says so.
-        if claim.take_back() {
-            ch.forget(id);
-            return Err(if why.is_empty() {
-                HandoffError::Timeout(self.addr, timeout)
-            } else {
-                broken(&why)
-            });
+        if let Err(e) = send_offer(&channel.sock, offer, stream, Some(claim.token())).await {
+            channel.break_off();
+            return Err(broken(format!("sending the offer: {e}")));
         }
-        Ok(handed)
+        Ok(Offered {
+            channel,
+            claim,
+            id,
+            closed,
+        })
     }
+}
+
+/// An offer that went out, before it is settled.
+struct Offered {
+    channel: Arc<Channel>,
+    claim: Claim,
+    id: u64,
+    closed: oneshot::Receiver<()>,
+}
+
+/// Registers `fd` with the runtime for reading only. Tokio deprecated its safe constructors because a
+/// `T: AsRawFd` could hand out a descriptor it does not own; an `OwnedFd` owns its descriptor for as
+/// long as the registration lives, which is what the unsafe replacement asks its caller to promise.
+#[allow(deprecated)]
+fn read_only(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    AsyncFd::with_interest(fd, Interest::READABLE)
+}
+
+/// How often, and how far apart, an offer is tried again while the channel has no room: the
+/// receiver has not read hundreds of offers, so it is frozen, and the caller had better keep the
+/// client than wait on it.
+const SEND_TRIES: u32 = 20;
+const SEND_PAUSE: Duration = Duration::from_millis(2);
+
+/// Sends an offer with the client's socket (and the claim token, if any) without waiting for the
+/// channel to become writable (it is not registered for that, see [`Channel`]).
+async fn send_offer(
+    sock: &AsyncFd<OwnedFd>,
+    rec: Record,
+    stream: &TcpStream,
+    token: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let bytes = rec.encode();
+    let mut fds = vec![stream.as_raw_fd()];
+    fds.extend(token.map(|t| t.as_raw_fd()));
+    for _ in 0..SEND_TRIES {
+        let sent = nix_socket::sendmsg::<()>(
+            sock.get_ref().as_raw_fd(),
+            &[IoSlice::new(&bytes)],
+            &[nix_socket::ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EAGAIN) => tokio::time::sleep(SEND_PAUSE).await,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        "the receiver has not read its earlier offers",
+    ))
 }
 
 /// Counts an offer's outcome in `fabric_handoff_offers_total`.
@@ -265,25 +403,18 @@ fn count(result: Result<&'static str, &HandoffError>) {
     metrics::counter!("fabric_handoff_offers_total", "result" => outcome).increment(1);
 }
 
-/// The claim token of one offer: a one-byte datagram waiting in a socket that the offer carries to
-/// the receiver while the sender keeps its own descriptor of it. Reading the byte is atomic, so
+/// The claim token of one offer: an eventfd holding a count of 1, which the offer carries to the
+/// receiver while the sender keeps its own descriptor of it. Reading takes the whole count, so
 /// exactly one of them gets it: the receiver before it serves, or the sender when it gives up.
 struct Claim {
-    /// The socket the token waits in (sent along with the offer).
-    token: UnixDatagram,
-    /// Its peer, kept open until the offer is settled.
-    _writer: UnixDatagram,
+    token: EventFd,
 }
 
 impl Claim {
     fn new() -> io::Result<Claim> {
-        let (writer, token) = UnixDatagram::pair()?;
-        token.set_nonblocking(true)?;
-        writer.send(b"T")?;
-        Ok(Claim {
-            token,
-            _writer: writer,
-        })
+        let token =
+            EventFd::from_value_and_flags(1, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        Ok(Claim { token })
     }
 
     fn token(&self) -> BorrowedFd<'_> {
