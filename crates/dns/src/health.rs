@@ -1,13 +1,15 @@
 //! Measuring the mail servers behind the MX hosts: every `edge.dns_refresh` each server of each group
 //! is asked for `GET /status` on its admin port (400 ms at most; a dead node refuses at once). A
-//! server that answers 200 and is ready is healthy; its `counters.sessions` is its load.
+//! server that answers 200 and is ready is healthy; its `counters.sessions` is its load. One that
+//! refuses or answers not ready counts down at once; one that does not answer in time counts down at
+//! its second slow poll in a row ([`SLOW_POLLS_TO_FAIL`]) and keeps its last load until then.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use store_client::{Method, StoreClient};
+use store_client::{ClientError, Method, StoreClient};
 use tokio_util::sync::CancellationToken;
 
 use crate::records::{Group, Zones};
@@ -45,20 +47,82 @@ impl HealthBoard {
     }
 }
 
-/// One server's answer: `Some(sessions)` when healthy.
-async fn poll_one(client: &StoreClient) -> Option<u64> {
-    let resp = client
-        .raw(Method::GET, "/status", &[], Vec::new())
-        .await
-        .ok()?;
+/// What one `/status` poll of one server found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// 200 and ready, with its open sessions.
+    Ready(u64),
+    /// It answered, but not ready, not 200, or not JSON.
+    NotReady,
+    /// Nothing listens (refused, reset): the process is gone.
+    Unreachable,
+    /// No answer within [`STATUS_TIMEOUT`]: frozen, or only slow for a moment.
+    Slow,
+}
+
+impl Answer {
+    fn label(self) -> &'static str {
+        match self {
+            Answer::Ready(_) => "ready",
+            Answer::NotReady => "not_ready",
+            Answer::Unreachable => "unreachable",
+            Answer::Slow => "slow",
+        }
+    }
+}
+
+/// Slow answers in a row after which a server counts as down. A dead process refuses at once and
+/// counts at the first poll; a busy machine can make one `/status` miss its 400 ms without anything
+/// being wrong, and one such poll must not send a whole site's mail to the secondary MX.
+pub const SLOW_POLLS_TO_FAIL: u32 = 2;
+
+/// One server as the poller sees it over time.
+#[derive(Debug, Default)]
+pub struct ServerWatch {
+    slow_in_row: u32,
+    /// Sessions at the last good answer; `None` when it is counted down.
+    last: Option<u64>,
+}
+
+impl ServerWatch {
+    /// Folds in one poll's answer; `Some(sessions)` while the server counts as healthy.
+    pub fn judge(&mut self, answer: Answer) -> Option<u64> {
+        match answer {
+            Answer::Ready(sessions) => {
+                self.slow_in_row = 0;
+                self.last = Some(sessions);
+            }
+            Answer::Slow => {
+                self.slow_in_row += 1;
+                if self.slow_in_row >= SLOW_POLLS_TO_FAIL {
+                    self.last = None;
+                }
+            }
+            Answer::NotReady | Answer::Unreachable => {
+                self.slow_in_row = 0;
+                self.last = None;
+            }
+        }
+        self.last
+    }
+}
+
+async fn poll_one(client: &StoreClient) -> Answer {
+    let resp = match client.raw(Method::GET, "/status", &[], Vec::new()).await {
+        Ok(resp) => resp,
+        Err(ClientError::Timeout { .. }) => return Answer::Slow,
+        Err(_) => return Answer::Unreachable,
+    };
     if resp.status != 200 {
-        return None;
+        return Answer::NotReady;
     }
-    let body = resp.json()?;
+    let Some(body) = resp.json() else {
+        return Answer::NotReady;
+    };
     if body["ready"] == false {
-        return None;
+        return Answer::NotReady;
     }
-    Some(body["counters"]["sessions"].as_u64().unwrap_or(0))
+    Answer::Ready(body["counters"]["sessions"].as_u64().unwrap_or(0))
 }
 
 /// Polls every group every `refresh` until `shutdown`, updating `board` and the gauges.
@@ -68,14 +132,16 @@ pub async fn run(
     refresh: Duration,
     shutdown: CancellationToken,
 ) {
-    let clients: Vec<(Group, Vec<StoreClient>)> = zones
+    let mut clients: Vec<(Group, Vec<(StoreClient, ServerWatch)>)> = zones
         .groups
         .iter()
         .map(|(group, servers)| {
             let clients = servers
                 .iter()
                 .map(|s| {
-                    StoreClient::new(format!("http://{}", s.admin)).with_timeout(STATUS_TIMEOUT)
+                    let client = StoreClient::new(format!("http://{}", s.admin))
+                        .with_timeout(STATUS_TIMEOUT);
+                    (client, ServerWatch::default())
                 })
                 .collect();
             (group.clone(), clients)
@@ -88,14 +154,21 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let polls = clients.iter().map(|(group, clients)| async move {
-            let answers = join_all(clients.iter().map(poll_one)).await;
-            let health = GroupHealth {
-                servers: clients.len(),
-                healthy: answers.iter().filter(|a| a.is_some()).count(),
-                sessions: answers.iter().flatten().sum(),
+        let polls = clients.iter_mut().map(|(group, servers)| async move {
+            let answers = join_all(servers.iter().map(|(client, _)| poll_one(client))).await;
+            let mut health = GroupHealth {
+                servers: servers.len(),
+                ..GroupHealth::default()
             };
-            (group, health)
+            for ((_, watch), answer) in servers.iter_mut().zip(answers) {
+                metrics::counter!("fabric_dns_status_polls_total", "outcome" => answer.label())
+                    .increment(1);
+                if let Some(sessions) = watch.judge(answer) {
+                    health.healthy += 1;
+                    health.sessions += sessions;
+                }
+            }
+            (&*group, health)
         });
         let results = tokio::select! {
             r = join_all(polls) => r,
@@ -120,5 +193,46 @@ pub async fn run(
                     .set(f64::from(pref));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusing_or_unready_server_is_down_at_once() {
+        for bad in [Answer::Unreachable, Answer::NotReady] {
+            let mut w = ServerWatch::default();
+            assert_eq!(w.judge(Answer::Ready(3)), Some(3));
+            assert_eq!(w.judge(bad), None, "{bad:?}");
+            assert_eq!(
+                w.judge(Answer::Ready(5)),
+                Some(5),
+                "back at its next good answer"
+            );
+        }
+    }
+
+    #[test]
+    fn one_slow_poll_keeps_the_server_with_its_last_load_and_two_in_a_row_take_it_out() {
+        let mut w = ServerWatch::default();
+        assert_eq!(w.judge(Answer::Ready(7)), Some(7));
+        assert_eq!(w.judge(Answer::Slow), Some(7));
+        assert_eq!(
+            w.judge(Answer::Ready(2)),
+            Some(2),
+            "a good answer resets the count"
+        );
+        assert_eq!(w.judge(Answer::Slow), Some(2));
+        assert_eq!(w.judge(Answer::Slow), None);
+        assert_eq!(w.judge(Answer::Slow), None);
+        assert_eq!(w.judge(Answer::Ready(0)), Some(0));
+    }
+
+    #[test]
+    fn a_server_never_seen_answering_is_not_healthy_because_it_is_slow() {
+        let mut w = ServerWatch::default();
+        assert_eq!(w.judge(Answer::Slow), None);
     }
 }

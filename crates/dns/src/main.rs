@@ -111,6 +111,10 @@ fn describe_metrics() {
     );
     metrics::describe_gauge!(
         "fabric_dns_site_healthy_servers",
-        "Mail servers of a site (by role) that answered the last /status poll."
+        "Mail servers of a site (by role) that count as healthy: ready at the last /status poll, or slow at only that one."
+    );
+    metrics::describe_counter!(
+        "fabric_dns_status_polls_total",
+        "The health poller's /status polls of the mail servers, by outcome (ready, not_ready, unreachable, slow: no answer within 400 ms)."
     );
 }
