@@ -27,9 +27,8 @@ async fn main() -> anyhow::Result<()> {
     let udp = UdpSocket::bind(addr)
         .await
         .with_context(|| format!("binding UDP {addr}"))?;
-    let tcp = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding TCP {addr}"))?;
+    let tcp =
+        node_runtime::sessions::listen(addr).with_context(|| format!("binding TCP {addr}"))?;
     let admin = TcpListener::bind(ctx.node.admin_addr())
         .await
         .with_context(|| format!("binding the admin port {}", ctx.node.admin_addr()))?;

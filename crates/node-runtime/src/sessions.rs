@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::{NodeContext, handoff, proxy_header};
@@ -43,15 +43,32 @@ impl SessionLimit {
     }
 }
 
+/// Connections whose handshake the kernel finishes for a listener before the node accepts them
+/// (capped by `net.core.somaxconn`). `TcpListener::bind` asks for 128: a burst of new sessions on a
+/// busy node then fills the queue, the kernel drops the next SYN, and that client waits out a 1 s
+/// retransmit (3 s at the second drop). HAProxy asks for somaxconn; so do we.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets it).
+/// Every service port of every node binds through here.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds the node's port for `service` (as the topology names it).
 pub async fn bind(ctx: &NodeContext, service: &str) -> anyhow::Result<TcpListener> {
     let addr = ctx
         .node
         .service_addr(service)
         .with_context(|| format!("the node declares no {service} port"))?;
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {service} port {addr}"))
+    listen(addr).with_context(|| format!("binding the {service} port {addr}"))
 }
 
 /// Accepts connections until shutdown, each served by `serve` as a task; over `limit`, the client
@@ -170,5 +187,56 @@ async fn next_handed(
     match handed {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// What the kernel allows a listener at most (`net.core.somaxconn`).
+    fn somaxconn() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096)
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_connects_far_over_128_completes_while_the_node_is_not_accepting() {
+        // The node is busy: nothing accepts while 600 clients connect at once. Each handshake must
+        // still complete within a second (a dropped SYN would wait out its 1 s retransmit).
+        let listener = listen("127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("local addr");
+        let n = somaxconn().min(LISTEN_BACKLOG as usize).min(600) - 8;
+        assert!(
+            n > 300,
+            "this kernel caps listen backlogs at {}",
+            somaxconn()
+        );
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            connects.spawn(async move {
+                tokio::time::timeout(Duration::from_millis(900), TcpStream::connect(addr)).await
+            });
+        }
+        let mut open = Vec::new();
+        while let Some(done) = connects.join_next().await {
+            let stream = done
+                .expect("connect task")
+                .expect("connected within 900 ms, not after a SYN retransmit")
+                .expect("connected");
+            open.push(stream);
+        }
+        assert_eq!(open.len(), n);
+        // And they are all there to be accepted once the node gets to them.
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                .await
+                .expect("queued connection")
+                .expect("accept");
+        }
     }
 }

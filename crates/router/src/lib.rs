@@ -83,9 +83,8 @@ impl Router {
     pub async fn bind(&self) -> Result<Vec<(Guarded, TcpListener)>, BindError> {
         let mut out = Vec::new();
         for g in &self.plan.ports {
-            let listener = TcpListener::bind(g.listen)
-                .await
-                .map_err(|source| BindError {
+            let listener =
+                node_runtime::sessions::listen(g.listen).map_err(|source| BindError {
                     service: g.service.clone(),
                     addr: g.listen,
                     source,

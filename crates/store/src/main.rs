@@ -13,8 +13,7 @@ async fn main() -> anyhow::Result<()> {
         .node
         .service_addr("store")
         .context("the node declares no store port")?;
-    let data = tokio::net::TcpListener::bind(data_addr)
-        .await
+    let data = node_runtime::sessions::listen(data_addr)
         .with_context(|| format!("binding the store port {data_addr}"))?;
     let admin = tokio::net::TcpListener::bind(ctx.node.admin_addr())
         .await
