@@ -289,14 +289,30 @@ print(json.dumps("ok"))
         .kill_on_drop(true)
         .output()
         .await?;
+    // What the DNS nodes saw of each site when the bench asked them (preferences and /status polls),
+    // for the messages below if the mail did not go where it should.
+    let mut dns_view = String::new();
+    for dns in ["dns-w", "dns-e"] {
+        let text = common::metrics(&sandbox, dns).await.unwrap_or_default();
+        for line in text.lines().filter(|l| {
+            l.starts_with("fabric_dns_mx_preference")
+                || l.starts_with("fabric_dns_site_healthy_servers")
+                || l.starts_with("fabric_dns_status_polls_total")
+        }) {
+            dns_view.push_str(&format!("\n  {dns}: {line}"));
+        }
+    }
     assert!(
         out.status.success(),
-        "fabric bench smtp: {}",
+        "fabric bench smtp: {}; the DNS's view:{dns_view}",
         String::from_utf8_lossy(&out.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(report["sent"], 40, "{report}");
-    assert_eq!(report["temporary_failures"], 0, "{report}");
+    assert_eq!(report["sent"], 40, "{report}; the DNS's view:{dns_view}");
+    assert_eq!(
+        report["temporary_failures"], 0,
+        "{report}; the DNS's view:{dns_view}"
+    );
     let mut hosts: Vec<String> = report["by_host"]
         .as_object()
         .context("by_host")?
@@ -311,7 +327,7 @@ print(json.dumps("ok"))
         .collect();
     assert_eq!(
         hosts, west_routers,
-        "both west routers took a share: {report}"
+        "both west routers took a share: {report}; the DNS's view:{dns_view}"
     );
 
     // 4. A router dies: senders move to the other one (the next A record).
