@@ -97,15 +97,27 @@ pub async fn accept_until_shutdown<F, Fut>(
     F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
-    accept_sessions(
-        ctx,
-        listener,
-        limit,
-        busy,
-        Handoff::Receive,
-        move |stream, client, _| serve(stream, client),
-    )
+    accept_with_peer_until_shutdown(ctx, listener, limit, busy, move |stream, client, _| {
+        serve(stream, client)
+    })
     .await
+}
+
+/// [`accept_until_shutdown`] for a serve closure that also needs the TCP peer, i.e. the hop the
+/// connection came from (a router or redirector when it carried a PROXY header), beside the client
+/// it is served as: `serve(stream, client, peer)`. A redirector uses it to keep what another site's
+/// redirector sends it on its own servers.
+pub async fn accept_with_peer_until_shutdown<F, Fut>(
+    ctx: &NodeContext,
+    listener: TcpListener,
+    limit: SessionLimit,
+    busy: &'static [u8],
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    accept_sessions(ctx, listener, limit, busy, Handoff::Receive, serve).await
 }
 
 /// Whether an accept loop also takes the connections routers and redirectors hand to its port.
@@ -117,11 +129,7 @@ pub enum Handoff {
     TcpOnly,
 }
 
-/// [`accept_until_shutdown`] for a serve closure that also needs the TCP peer, i.e. the hop the
-/// connection came from (a router or redirector when it carried a PROXY header), beside the client
-/// it is served as: `serve(stream, client, peer)` (a redirector uses it to keep what another site's
-/// redirector sends it on its own servers); and saying whether this loop owns the port's handoff
-/// socket.
+/// [`accept_with_peer_until_shutdown`], saying whether this loop owns the port's handoff socket.
 pub async fn accept_sessions<F, Fut>(
     ctx: &NodeContext,
     listener: TcpListener,
