@@ -146,68 +146,38 @@ async fn main() -> anyhow::Result<()> {
     let admin_task = tokio::spawn(AdminServer::new(&ctx, readiness, Arc::new(status)).serve(admin));
     tracing::info!(zone = %zone, services = ?node.ports.keys().collect::<Vec<_>>(), send_proxy = edge.send_proxy, handoff = edge.handoff, "redirector ready");
 
-    // Every port's listener of every further session thread is bound here, so a failure stops the
-    // node at start; each thread then serves all the ports on its own runtime.
-    let limits: Vec<SessionLimit> = pools
-        .iter()
-        .map(|_| SessionLimit::new(MAX_SESSIONS))
-        .collect();
+    let mut listeners = tokio::task::JoinSet::new();
     let mut threads = Vec::new();
-    for i in 1..SESSION_THREADS {
-        let mut ports = Vec::new();
-        for ((pool, _, addr), limit) in pools.iter().zip(&limits) {
-            let listener = sessions::listen_per_thread(*addr)
+    for (pool, listener, addr) in pools {
+        let limit = SessionLimit::new(MAX_SESSIONS);
+        for i in 1..SESSION_THREADS {
+            let listener = sessions::listen_per_thread(addr)
                 .with_context(|| format!("binding {addr} for session thread {i}"))?;
-            ports.push((pool.clone(), listener, limit.clone()));
+            let (ctx, dialer, pool, limit) =
+                (ctx.clone(), dialer.clone(), pool.clone(), limit.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("sessions-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    match runtime {
+                        Ok(rt) => rt.block_on(accept(ctx, dialer, pool, listener, limit, i)),
+                        Err(e) => tracing::error!(error = %e, "no runtime for a session thread"),
+                    }
+                })
+                .context("starting a session thread")?;
+            threads.push(spawned);
         }
         let (ctx, dialer) = (ctx.clone(), dialer.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("sessions-{i}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match runtime {
-                    Ok(rt) => rt.block_on(serve_ports(ctx, dialer, ports, i)),
-                    Err(e) => tracing::error!(error = %e, "no runtime for a session thread"),
-                }
-            })
-            .context("starting a session thread")?;
-        threads.push(spawned);
+        listeners.spawn(accept(ctx, dialer, pool, listener, limit, 0));
     }
-    let ports = pools
-        .into_iter()
-        .zip(limits)
-        .map(|((pool, listener, _), limit)| (pool, listener, limit))
-        .collect();
-    serve_ports(ctx.clone(), dialer, ports, 0).await;
+    while listeners.join_next().await.is_some() {}
     for t in threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     admin_task.abort();
     Ok(())
-}
-
-/// Serves every port of the node on the runtime it runs on, as session thread `thread`, until
-/// shutdown.
-async fn serve_ports(
-    ctx: NodeContext,
-    dialer: Arc<Dialer>,
-    ports: Vec<(Arc<Pool>, TcpListener, SessionLimit)>,
-    thread: usize,
-) {
-    let mut loops = tokio::task::JoinSet::new();
-    for (pool, listener, limit) in ports {
-        loops.spawn(accept(
-            ctx.clone(),
-            dialer.clone(),
-            pool,
-            listener,
-            limit,
-            thread,
-        ));
-    }
-    while loops.join_next().await.is_some() {}
 }
 
 /// Serves `pool`'s port on the runtime it runs on until shutdown: session thread `thread` (0, the
