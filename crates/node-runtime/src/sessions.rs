@@ -52,26 +52,12 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// A listener on `addr` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as `TcpListener::bind` sets it).
 /// Every service port of every node binds through here.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    listener(addr, false)
-}
-
-/// [`listen`] with `SO_REUSEPORT` as well: one listener per thread of a node that serves a port from
-/// several threads, each with its own accept queue (the kernel spreads new connections over them).
-/// Every listener on the port must be made by this function.
-pub fn listen_per_thread(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    listener(addr, true)
-}
-
-fn listener(addr: SocketAddr, reuseport: bool) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    if reuseport {
-        socket.set_reuseport(true)?;
-    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -117,35 +103,10 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
     F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
-    accept_sessions(ctx, listener, limit, busy, Handoff::Receive, serve).await
-}
-
-/// Whether an accept loop also takes the connections routers and redirectors hand to its port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handoff {
-    /// Yes: exactly one loop per port may (it owns the port's handoff socket).
-    Receive,
-    /// No: a further loop on the same port (another thread's, see [`listen_per_thread`]).
-    TcpOnly,
-}
-
-/// [`accept_with_peer_until_shutdown`], saying whether this loop owns the port's handoff socket.
-pub async fn accept_sessions<F, Fut>(
-    ctx: &NodeContext,
-    listener: TcpListener,
-    limit: SessionLimit,
-    busy: &'static [u8],
-    takes_handoffs: Handoff,
-    serve: F,
-) where
-    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = std::io::Result<()>> + Send + 'static,
-{
     let proxies: Arc<Vec<std::net::Ipv4Addr>> = Arc::new(ctx.topology.proxy_addresses());
     let mut handed = listener
         .local_addr()
         .ok()
-        .filter(|_| takes_handoffs == Handoff::Receive)
         .and_then(|addr| match handoff::listen(addr) {
             Ok(rx) => Some(rx),
             Err(e) => {
@@ -277,41 +238,5 @@ mod tests {
                 .expect("queued connection")
                 .expect("accept");
         }
-    }
-
-    #[tokio::test]
-    async fn per_thread_listeners_share_a_port_and_each_takes_connections_but_nobody_else_can_bind_it()
-     {
-        let first = listen_per_thread("127.0.0.1:0".parse().expect("addr")).expect("first");
-        let addr = first.local_addr().expect("local addr");
-        let second =
-            listen_per_thread(addr).expect("a second per-thread listener on the same port");
-        // A node that did not ask to share (every other port binds with `listen`) cannot take it.
-        assert!(
-            listen(addr).is_err(),
-            "a plain listener must not share a per-thread port"
-        );
-        // The kernel spreads new connections over the two queues by their source port: over 64
-        // connects, both get some (all 64 on one side has a chance of 2^-63).
-        let mut clients = Vec::new();
-        for _ in 0..64 {
-            clients.push(TcpStream::connect(addr).await.expect("connect"));
-        }
-        let drain = |l: TcpListener| async move {
-            let mut n = 0;
-            while tokio::time::timeout(Duration::from_millis(200), l.accept())
-                .await
-                .is_ok()
-            {
-                n += 1;
-            }
-            n
-        };
-        let (a, b) = tokio::join!(drain(first), drain(second));
-        assert_eq!(a + b, 64, "every connection accepted once");
-        assert!(
-            a > 0 && b > 0,
-            "both listeners took connections: {a} and {b}"
-        );
     }
 }

@@ -30,16 +30,9 @@ use crate::service::Service;
 /// Sessions served at once per service; more are told to come back.
 const MAX_SESSIONS: usize = 10_000;
 
-/// Threads that serve sessions, each with its own runtime and its own listener per port.
-const SESSION_THREADS: usize = 2;
-
-/// The main thread runs a `current_thread` runtime: health checks, the admin port, the sessions that
-/// routers hand over on the same host, and its share of the TCP sessions. Relaying is kernel work
-/// (about 90% of the redirector's CPU is in the TCP stack), and tokio's multi-thread runtime only adds
-/// cross-thread wakeups on the fabric's two-core machines; but one thread alone is a serial stage that
-/// leaves a core idle while it is preempted. So [`SESSION_THREADS`] - 1 more threads each run their
-/// own runtime with their own listener per port (`SO_REUSEPORT`: the kernel spreads new connections
-/// over them), as HAProxy's threads do (`docs/benchmarks.md`, "The redirector's second thread").
+/// One thread: relaying a session is kernel work (about 90% of the redirector's CPU is in the TCP
+/// stack), and a second worker only adds cross-thread wakeups on the fabric's two-core machines
+/// (measured against `tokio::main`'s default of one worker per core in `docs/benchmarks.md`).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = NodeArgs::parse();
@@ -111,19 +104,15 @@ async fn main() -> anyhow::Result<()> {
                 "no server of this site offers the service; only the other site's redirector can take it"
             );
         }
-        let addr = node
-            .service_addr(name)
-            .with_context(|| format!("the node declares no {name} port"))?;
-        let listener = sessions::listen_per_thread(addr)
-            .with_context(|| format!("binding the {name} port {addr}"))?;
-        pools.push((Arc::new(Pool::new(service, local, other)), listener, addr));
+        let listener = sessions::bind(&ctx, name).await?;
+        pools.push((Arc::new(Pool::new(service, local, other)), listener));
     }
     let admin = TcpListener::bind(node.admin_addr())
         .await
         .with_context(|| format!("binding the admin port {}", node.admin_addr()))?;
     shutdown::cancel_on_signals(ctx.shutdown.clone())?;
 
-    for (pool, _, _) in &pools {
+    for (pool, _) in &pools {
         for b in pool.local.iter().chain(&pool.other) {
             tokio::spawn(health::run(
                 b.clone(),
@@ -133,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
             ));
         }
     }
-    let all: Vec<Arc<Pool>> = pools.iter().map(|(p, _, _)| p.clone()).collect();
+    let all: Vec<Arc<Pool>> = pools.iter().map(|(p, _)| p.clone()).collect();
     let status = move || {
         let services: Map<String, Value> = all
             .iter()
@@ -147,72 +136,25 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(zone = %zone, services = ?node.ports.keys().collect::<Vec<_>>(), send_proxy = edge.send_proxy, handoff = edge.handoff, "redirector ready");
 
     let mut listeners = tokio::task::JoinSet::new();
-    let mut threads = Vec::new();
-    for (pool, listener, addr) in pools {
-        let limit = SessionLimit::new(MAX_SESSIONS);
-        for i in 1..SESSION_THREADS {
-            let listener = sessions::listen_per_thread(addr)
-                .with_context(|| format!("binding {addr} for session thread {i}"))?;
-            let (ctx, dialer, pool, limit) =
-                (ctx.clone(), dialer.clone(), pool.clone(), limit.clone());
-            let spawned = std::thread::Builder::new()
-                .name(format!("sessions-{i}"))
-                .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build();
-                    match runtime {
-                        Ok(rt) => rt.block_on(accept(ctx, dialer, pool, listener, limit, i)),
-                        Err(e) => tracing::error!(error = %e, "no runtime for a session thread"),
-                    }
-                })
-                .context("starting a session thread")?;
-            threads.push(spawned);
-        }
+    for (pool, listener) in pools {
         let (ctx, dialer) = (ctx.clone(), dialer.clone());
-        listeners.spawn(accept(ctx, dialer, pool, listener, limit, 0));
+        listeners.spawn(async move {
+            let busy = pool.service.busy();
+            sessions::accept_with_peer_until_shutdown(
+                &ctx,
+                listener,
+                SessionLimit::new(MAX_SESSIONS),
+                busy,
+                move |stream, client, peer| {
+                    forward::serve(pool.clone(), dialer.clone(), stream, client, peer)
+                },
+            )
+            .await
+        });
     }
     while listeners.join_next().await.is_some() {}
-    for t in threads {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
     admin_task.abort();
     Ok(())
-}
-
-/// Serves `pool`'s port on the runtime it runs on until shutdown: session thread `thread` (0, the
-/// main thread, also takes the sessions handed to the port).
-async fn accept(
-    ctx: NodeContext,
-    dialer: Arc<Dialer>,
-    pool: Arc<Pool>,
-    listener: TcpListener,
-    limit: SessionLimit,
-    thread: usize,
-) {
-    let busy = pool.service.busy();
-    let handoff = if thread == 0 {
-        sessions::Handoff::Receive
-    } else {
-        sessions::Handoff::TcpOnly
-    };
-    let sessions = metrics::counter!(
-        "fabric_redirector_thread_sessions_total",
-        "service" => pool.service.as_str(),
-        "thread" => thread.to_string()
-    );
-    sessions::accept_sessions(
-        &ctx,
-        listener,
-        limit,
-        busy,
-        handoff,
-        move |stream, client, peer| {
-            sessions.increment(1);
-            forward::serve(pool.clone(), dialer.clone(), stream, client, peer)
-        },
-    )
-    .await
 }
 
 fn describe_metrics() {
@@ -239,10 +181,6 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "fabric_redirector_sessions_total",
         "Client sessions accepted."
-    );
-    metrics::describe_counter!(
-        "fabric_redirector_thread_sessions_total",
-        "Client sessions each session thread served, by service (thread 0 also takes the handed-over ones)."
     );
     metrics::describe_counter!(
         "fabric_redirector_sessions_failed_total",
