@@ -49,9 +49,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self as nix_socket, MsgFlags};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_seqpacket::ancillary::OwnedAncillaryMessage;
 use tokio_seqpacket::{UnixSeqpacket, UnixSeqpacketListener};
+use tokio_util::sync::CancellationToken;
 
 /// Bytes in every record: kind (1), id (8), client address (4) and port (2), hop address (4), padding.
 pub const RECORD: usize = 24;
@@ -195,7 +196,7 @@ fn claim(token: impl AsFd) -> bool {
 mod receiver;
 mod sender;
 
-pub use receiver::{Incoming, SessionDone, listen};
+pub use receiver::{Incoming, SessionDone, Start, listen};
 pub use sender::{Handed, Refused, Target, target};
 
 /// Describes the handoff metrics (every node that sends or receives).

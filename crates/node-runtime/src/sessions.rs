@@ -80,7 +80,7 @@ pub async fn accept_until_shutdown<F, Fut>(
     busy: &'static [u8],
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     accept_with_peer_until_shutdown(ctx, listener, limit, busy, move |stream, client, _| {
@@ -100,26 +100,17 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
     busy: &'static [u8],
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + 'static,
+    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = std::io::Result<()>> + Send + 'static,
 {
     let proxies: Arc<Vec<std::net::Ipv4Addr>> = Arc::new(ctx.topology.proxy_addresses());
-    let mut handed = listener
-        .local_addr()
-        .ok()
-        .and_then(|addr| match handoff::listen(addr) {
-            Ok(rx) => Some(rx),
-            Err(e) => {
-                tracing::warn!(%addr, error = %e, "no same-host handoff for this port; serving TCP only");
-                None
-            }
-        });
-    let start = |mut stream: TcpStream,
-                 peer: SocketAddr,
-                 handed_as: Option<(SocketAddr, handoff::SessionDone)>| {
+    let tasks = ctx.tasks.clone();
+    let start = move |mut stream: TcpStream,
+                      peer: SocketAddr,
+                      handed_as: Option<(SocketAddr, handoff::SessionDone)>| {
         let _ = stream.set_nodelay(true);
         let (serve, permits, proxies) = (serve.clone(), limit.permits.clone(), proxies.clone());
-        ctx.tasks.spawn(async move {
+        tasks.spawn(async move {
             let from_proxy = matches!(peer.ip(), std::net::IpAddr::V4(ip) if proxies.contains(&ip));
             // A handed-off session's sender hears it ended when `_done` drops with this task.
             let (known_client, _done) = handed_as.unzip();
@@ -147,25 +138,29 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
             }
         });
     };
+    // Handed sessions start on the task that read their offer, like accepted ones here: no queue
+    // between them, so no wakeup more than an accept costs.
+    let handoff_stop = tokio_util::sync::CancellationToken::new();
+    if let Ok(addr) = listener.local_addr() {
+        let start = start.clone();
+        let on_handoff: handoff::Start =
+            Arc::new(move |inc| start(inc.stream, inc.hop, Some((inc.client, inc.done))));
+        if let Err(e) = handoff::listen(addr, on_handoff, handoff_stop.clone()) {
+            tracing::warn!(%addr, error = %e, "no same-host handoff for this port; serving TCP only");
+        }
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => start(stream, peer, None),
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
-            Some(inc) = next_handed(&mut handed) => start(inc.stream, inc.hop, Some((inc.client, inc.done))),
             _ = ctx.shutdown.cancelled() => break,
         }
     }
     // Closing the handoff side makes the routers and redirectors offer elsewhere from now on; what
     // was handed over already is served like the sessions already open.
-    if let Some(mut rx) = handed {
-        rx.close();
-        // Ends once the queue is empty and no offer holds a reserved place in it.
-        while let Some(inc) = rx.recv().await {
-            start(inc.stream, inc.hop, Some((inc.client, inc.done)));
-        }
-    }
+    handoff_stop.cancel();
     tracing::info!("stopping: no new sessions; waiting for the open ones");
     ctx.tasks.close();
     let deadline = ctx.topology.timing.shutdown_deadline;
@@ -177,16 +172,6 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
             ?deadline,
             "sessions still open at the deadline; stopping anyway"
         );
-    }
-}
-
-/// The next connection handed to this port, or never when it has no handoff socket.
-async fn next_handed(
-    handed: &mut Option<tokio::sync::mpsc::Receiver<handoff::Incoming>>,
-) -> Option<handoff::Incoming> {
-    match handed {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
 

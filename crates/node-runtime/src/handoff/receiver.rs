@@ -45,22 +45,30 @@ impl Drop for SessionDone {
     }
 }
 
-/// Listens for connections handed to `service_addr` and yields each whose claim token it got.
-/// `Err` when the name is taken (another process serves the same address) or sockets fail: the node
-/// then serves what reaches it over TCP only.
-pub fn listen(service_addr: SocketAddr) -> io::Result<mpsc::Receiver<Incoming>> {
+/// What a port does with each session handed to it. It is called on the task that read the offer,
+/// as soon as the session is this node's, and must not wait (a port spawns the session's task): a
+/// session handed over costs the receiver no more wakeups than an accepted connection.
+pub type Start = Arc<dyn Fn(Incoming) + Send + Sync>;
+
+/// Listens for connections handed to `service_addr` and gives each whose claim token it got to
+/// `start`, until `stop` is cancelled. `Err` when the name is taken (another process serves the same
+/// address) or sockets fail: the node then serves what reaches it over TCP only.
+pub fn listen(service_addr: SocketAddr, start: Start, stop: CancellationToken) -> io::Result<()> {
     let listener = UnixSeqpacketListener::bind(abstract_path(service_addr))?;
-    let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(accept_channels(listener, tx));
-    Ok(rx)
+    tokio::spawn(accept_channels(listener, start, stop));
+    Ok(())
 }
 
-async fn accept_channels(mut listener: UnixSeqpacketListener, tx: mpsc::Sender<Incoming>) {
+async fn accept_channels(
+    mut listener: UnixSeqpacketListener,
+    start: Start,
+    stop: CancellationToken,
+) {
     let me = nix::unistd::geteuid().as_raw();
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = tx.closed() => return,
+            _ = stop.cancelled() => return,
         };
         let sock = match accepted {
             Ok(s) => s,
@@ -72,7 +80,7 @@ async fn accept_channels(mut listener: UnixSeqpacketListener, tx: mpsc::Sender<I
         };
         match sock.peer_cred() {
             Ok(cred) if cred.uid() == me => {
-                tokio::spawn(serve_channel(Arc::new(sock), tx.clone()));
+                tokio::spawn(serve_channel(Arc::new(sock), start.clone(), stop.clone()));
             }
             Ok(cred) => {
                 metrics::counter!("fabric_handoff_refused_total").increment(1);
@@ -88,21 +96,22 @@ async fn accept_channels(mut listener: UnixSeqpacketListener, tx: mpsc::Sender<I
 }
 
 /// Turns a received descriptor into the client's connection, if it is a TCP socket.
+/// Only what the poller needs: the sender is a process of this user (`SO_PEERCRED`), and a descriptor
+/// that is no socket fails at registration. The port sets its own socket options, as it does for
+/// accepted connections.
 fn tcp_stream(fd: OwnedFd) -> io::Result<TcpStream> {
     let std = std::net::TcpStream::from(fd);
-    std.peer_addr()?;
     std.set_nonblocking(true)?;
-    let _ = std.set_nodelay(true);
     TcpStream::from_std(std)
 }
 
-async fn serve_channel(sock: Arc<UnixSeqpacket>, tx: mpsc::Sender<Incoming>) {
+async fn serve_channel(sock: Arc<UnixSeqpacket>, start: Start, stop: CancellationToken) {
     loop {
         // Once the node stops taking sessions the channel closes at once, so senders see it broken
         // (and take their tokens back) instead of handing over sessions nobody would serve.
         let received = tokio::select! {
             r = recv(&sock) => r,
-            _ = tx.closed() => break,
+            _ = stop.cancelled() => break,
         };
         let (rec, fds) = match received {
             Ok(Some(r)) => r,
@@ -120,14 +129,10 @@ async fn serve_channel(sock: Arc<UnixSeqpacket>, tx: mpsc::Sender<Incoming>) {
             tracing::warn!("a handoff offer without the client's connection");
             continue;
         };
-        // Room in the queue first: once the session is ours it must reach the accept loop.
-        let Ok(permit) = tx.reserve().await else {
-            break;
-        };
         let Some(token) = fds.next() else {
             // A gift: ours at once, and its sender wants no answer.
             if let Some(stream) = offered_stream(client) {
-                permit.send(incoming(stream, rec, &sock, true));
+                start(incoming(stream, rec, &sock, true));
             }
             continue;
         };
@@ -141,7 +146,7 @@ async fn serve_channel(sock: Arc<UnixSeqpacket>, tx: mpsc::Sender<Incoming>) {
         };
         // The session is ours whatever happens to the channel now. The sender learns so when it
         // finds the token gone, or hears `Closed`; nothing else is said.
-        permit.send(incoming(stream, rec, &sock, false));
+        start(incoming(stream, rec, &sock, false));
     }
     // Sessions still open hold the socket (to say `Closed`); shutting it down tells the sender now.
     let _ = sock.shutdown(std::net::Shutdown::Both);

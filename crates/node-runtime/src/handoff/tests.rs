@@ -11,6 +11,35 @@ use super::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A receiver for one address whose sessions arrive on a channel instead of being served (a port
+/// would spawn each); dropping it stops the receiver as a node's shutdown does.
+struct Receiving {
+    sessions: tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Receiving {
+    async fn recv(&mut self) -> Option<Incoming> {
+        self.sessions.recv().await
+    }
+}
+
+fn receive(addr: SocketAddr) -> io::Result<Receiving> {
+    let (tx, sessions) = tokio::sync::mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    listen(
+        addr,
+        Arc::new(move |inc| {
+            let _ = tx.send(inc);
+        }),
+        stop.clone(),
+    )?;
+    Ok(Receiving {
+        sessions,
+        _stop: stop.drop_guard(),
+    })
+}
+
 /// A client connected to a "router" that accepted it: (client side, router side).
 async fn connected_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("binds");
@@ -62,7 +91,7 @@ fn named_client() -> SocketAddr {
 #[tokio::test]
 async fn a_handed_connection_is_served_by_the_receiver_as_the_named_client() {
     let (_hold, addr) = service_address().await;
-    let mut incoming = listen(addr).expect("listens");
+    let mut incoming = receive(addr).expect("listens");
     let (mut client, at_router) = connected_pair().await;
     let hop = Ipv4Addr::new(127, 0, 0, 1);
 
@@ -115,7 +144,7 @@ async fn with_nothing_listening_the_offer_is_unavailable_and_the_sender_keeps_th
 #[tokio::test]
 async fn an_ipv6_client_is_not_handed_off() {
     let (_hold, addr) = service_address().await;
-    let _incoming = listen(addr).expect("listens");
+    let _incoming = receive(addr).expect("listens");
     let (_client, at_router) = connected_pair().await;
     let v6: SocketAddr = "[2001:db8::1]:25".parse().expect("an address");
     let refused = target(addr)
@@ -221,7 +250,7 @@ async fn a_receiver_that_claimed_the_token_keeps_the_session_past_the_timeout() 
 #[tokio::test]
 async fn once_the_receiver_stops_taking_sessions_offers_fail_and_the_client_stays() {
     let (_hold, addr) = service_address().await;
-    let incoming = listen(addr).expect("listens");
+    let incoming = receive(addr).expect("listens");
     // Open the channel with a first session, served and finished.
     let (_c1, r1) = connected_pair().await;
     let mut incoming = incoming;
@@ -267,10 +296,10 @@ fn records_round_trip_and_bad_ones_are_refused() {
 #[tokio::test]
 async fn a_gift_is_served_at_once_and_its_sender_hears_nothing_more() {
     let (_hold, addr) = service_address().await;
-    let mut incoming = listen(addr).expect("listens");
+    let mut incoming = receive(addr).expect("listens");
     let (mut client, at_router) = connected_pair().await;
     target(addr)
-        .give(&at_router, named_client(), Ipv4Addr::LOCALHOST)
+        .give(at_router.as_fd(), named_client(), Ipv4Addr::LOCALHOST)
         .await
         .expect("given");
     drop(at_router);
@@ -292,7 +321,7 @@ async fn a_gift_nobody_listens_for_stays_with_the_sender() {
     let (_hold, addr) = service_address().await;
     let (mut client, mut at_router) = connected_pair().await;
     let err = target(addr)
-        .give(&at_router, named_client(), Ipv4Addr::LOCALHOST)
+        .give(at_router.as_fd(), named_client(), Ipv4Addr::LOCALHOST)
         .await
         .expect_err("nobody takes it");
     assert!(err.is_unavailable(), "{err}");
@@ -310,7 +339,7 @@ async fn a_receiver_that_stops_reading_makes_offers_fail_instead_of_blocking_the
     let err = loop {
         let offered = tokio::time::timeout(
             WAIT,
-            target(addr).give(&at_router, named_client(), Ipv4Addr::LOCALHOST),
+            target(addr).give(at_router.as_fd(), named_client(), Ipv4Addr::LOCALHOST),
         )
         .await
         .expect("an offer never waits long on a receiver that does not read");
