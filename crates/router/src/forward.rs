@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -45,11 +46,18 @@ pub struct Via {
     pub handoff: bool,
 }
 
-/// Serves one allowed connection to its end. `local` is the router's address the client connected to.
+/// A connection accepted outside the poller, made ready for it (nonblocking, registered).
+pub fn into_polled(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+    stream.set_nonblocking(true)?;
+    TcpStream::from_std(stream)
+}
+
+/// Serves one allowed connection to its end. `listen` is the router's address the client connected
+/// to, unless the socket says otherwise.
 pub async fn forward(
-    client: TcpStream,
+    client: std::net::TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    listen: SocketAddr,
     via: Via,
     service: &str,
     upstreams: &[Upstream],
@@ -60,7 +68,10 @@ pub async fn forward(
         && let (IpAddr::V4(hop), Some(u)) = (source, upstreams.first())
         && u.path == "local"
     {
-        match handoff::target(u.addr).give(&client, peer, hop).await {
+        match handoff::target(u.addr)
+            .give(client.as_fd(), peer, hop)
+            .await
+        {
             Ok(()) => {
                 metrics::counter!("fabric_router_upstream_total", "path" => "local").increment(1);
                 stats.upstream_local.fetch_add(1, Ordering::Relaxed);
@@ -92,6 +103,8 @@ pub async fn forward(
     if chosen.path != "local" {
         tracing::info!(client = %peer, service, redirector = %chosen.name, "forwarded to the other site's redirector");
     }
+    let local = client.local_addr().unwrap_or(listen);
+    let client = into_polled(client).map_err(ForwardError::Splice)?;
     let _ = client.set_nodelay(true);
     upstream
         .write_all(&proxy_header::encode(peer, local))

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -140,9 +141,19 @@ struct PortLoop {
 
 impl PortLoop {
     async fn run(self, listener: TcpListener, shutdown: CancellationToken) {
+        // Accepted connections stay out of the poller until a flow needs it there: most are given
+        // to the redirector at once, and registering each only to deregister it is two system
+        // calls per connection for nothing.
+        let listener = match listener.into_std().and_then(polled_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(service = %self.guarded.service, error = %e, "cannot poll the listener; this port accepts nothing");
+                return;
+            }
+        };
         loop {
             let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = accept(&listener) => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of descriptors or a connection reset before accept: do not spin.
@@ -157,19 +168,18 @@ impl PortLoop {
         }
     }
 
-    fn handle(&self, stream: TcpStream, peer: std::net::SocketAddr) {
+    fn handle(&self, stream: std::net::TcpStream, peer: std::net::SocketAddr) {
         let g = &self.guarded;
-        let local = stream.local_addr().unwrap_or(g.listen);
         let upstreams = match &g.action {
             Action::Refuse { rule } => {
                 let refusal = Refusal {
                     client: peer,
-                    local,
+                    local: stream.local_addr().unwrap_or(g.listen),
                     service: &g.service,
                     rule,
                     reason: Reason::Acl,
                 };
-                refuse::refuse(stream, refusal, &self.stats, &self.log);
+                refuse_std(stream, refusal, &self.stats, &self.log);
                 return;
             }
             Action::Forward(upstreams) => upstreams,
@@ -178,12 +188,12 @@ impl PortLoop {
             let rule = format!("{}:{}", self.plan.zone, g.service);
             let refusal = Refusal {
                 client: peer,
-                local,
+                local: stream.local_addr().unwrap_or(g.listen),
                 service: &g.service,
                 rule: &rule,
                 reason: Reason::OverCapacity,
             };
-            refuse::refuse(stream, refusal, &self.stats, &self.log);
+            refuse_std(stream, refusal, &self.stats, &self.log);
             return;
         };
         metrics::counter!("fabric_router_connections_total", "service" => g.service.clone())
@@ -211,7 +221,7 @@ impl PortLoop {
             let result = forward::forward(
                 stream,
                 peer,
-                local,
+                guarded.listen,
                 via,
                 &guarded.service,
                 &upstreams,
@@ -222,6 +232,37 @@ impl PortLoop {
                 tracing::debug!(client = %peer, service = %guarded.service, error = %e, "flow ended early");
             }
         });
+    }
+}
+
+/// The next connection on `listener`, left out of the poller (and blocking: whoever serves it sets
+/// what it needs, see `forward::into_polled`).
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|l| l.get_ref().accept()) {
+            return accepted;
+        }
+    }
+}
+
+/// Registers a listener for readiness only. Tokio deprecated its safe constructors because a
+/// `T: AsRawFd` could hand out a descriptor it does not own; a `std::net::TcpListener` owns its
+/// descriptor for as long as the registration lives, which is what the unsafe replacement asks its
+/// caller to promise (as in `node_runtime::handoff`).
+#[allow(deprecated)]
+fn polled_listener(l: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
+    AsyncFd::new(l)
+}
+
+/// [`refuse::refuse`] for a connection not yet in the poller.
+fn refuse_std(stream: std::net::TcpStream, r: Refusal<'_>, stats: &Stats, log: &LogLimit) {
+    match forward::into_polled(stream) {
+        Ok(stream) => refuse::refuse(stream, r, stats, log),
+        // Dropping it closes it all the same (a FIN instead of a reset).
+        Err(e) => tracing::debug!(error = %e, "a refused connection could not be polled"),
     }
 }
 

@@ -189,7 +189,7 @@ impl Target {
     /// the offer, the caller still has the client. A router gives its flows to its redirector so.
     pub async fn give(
         &self,
-        stream: &TcpStream,
+        stream: BorrowedFd<'_>,
         client: SocketAddr,
         hop: Ipv4Addr,
     ) -> Result<(), HandoffError> {
@@ -200,7 +200,7 @@ impl Target {
 
     async fn try_give(
         &self,
-        stream: &TcpStream,
+        stream: BorrowedFd<'_>,
         client: SocketAddr,
         hop: Ipv4Addr,
     ) -> Result<(), HandoffError> {
@@ -325,7 +325,8 @@ impl Target {
             client,
             hop,
         };
-        if let Err(e) = send_offer(&channel.sock, offer, stream, Some(claim.token())).await {
+        if let Err(e) = send_offer(&channel.sock, offer, stream.as_fd(), Some(claim.token())).await
+        {
             channel.break_off();
             return Err(broken(format!("sending the offer: {e}")));
         }
@@ -365,7 +366,7 @@ const SEND_PAUSE: Duration = Duration::from_millis(2);
 async fn send_offer(
     sock: &AsyncFd<OwnedFd>,
     rec: Record,
-    stream: &TcpStream,
+    stream: BorrowedFd<'_>,
     token: Option<BorrowedFd<'_>>,
 ) -> io::Result<()> {
     let bytes = rec.encode();
