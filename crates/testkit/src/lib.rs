@@ -213,6 +213,23 @@ impl Drop for Sandbox {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // FABRIC_TEST_KEEP=DIR keeps a copy of the whole sandbox (every node's full log and data),
+        // to read a rare failure afterwards.
+        if let Ok(keep) = std::env::var("FABRIC_TEST_KEEP") {
+            let to = std::path::Path::new(&keep).join(format!(
+                "{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ));
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(self._dir.path())
+                .arg(&to)
+                .status();
+        }
         // Test harnesses show this only for failing tests: the nodes' last words.
         {
             for node in self.launcher.topology.nodes.iter().map(|n| &n.name) {
