@@ -141,6 +141,8 @@ pub async fn accept_with_peer_until_shutdown<F, Fut>(
     // Handed sessions start on the task that read their offer, like accepted ones here: no queue
     // between them, so no wakeup more than an accept costs.
     let handoff_stop = tokio_util::sync::CancellationToken::new();
+    // Also if this loop is dropped before shutdown: nobody would serve what the receiver takes.
+    let _stop_handoff_on_drop = handoff_stop.clone().drop_guard();
     if let Ok(addr) = listener.local_addr() {
         let start = start.clone();
         let on_handoff: handoff::Start =
