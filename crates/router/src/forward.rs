@@ -47,7 +47,7 @@ pub struct Via {
 }
 
 /// A connection accepted outside the poller, made ready for it (nonblocking, registered).
-pub fn into_polled(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+fn into_polled(stream: std::net::TcpStream) -> io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
     TcpStream::from_std(stream)
 }

@@ -179,7 +179,7 @@ impl PortLoop {
                     rule,
                     reason: Reason::Acl,
                 };
-                refuse_std(stream, refusal, &self.stats, &self.log);
+                refuse::refuse(stream, refusal, &self.stats, &self.log);
                 return;
             }
             Action::Forward(upstreams) => upstreams,
@@ -193,7 +193,7 @@ impl PortLoop {
                 rule: &rule,
                 reason: Reason::OverCapacity,
             };
-            refuse_std(stream, refusal, &self.stats, &self.log);
+            refuse::refuse(stream, refusal, &self.stats, &self.log);
             return;
         };
         metrics::counter!("fabric_router_connections_total", "service" => g.service.clone())
@@ -236,7 +236,7 @@ impl PortLoop {
 }
 
 /// The next connection on `listener`, left out of the poller (and blocking: whoever serves it sets
-/// what it needs, see `forward::into_polled`).
+/// what it needs: relaying makes it nonblocking, a refusal only resets it).
 async fn accept(
     listener: &AsyncFd<std::net::TcpListener>,
 ) -> std::io::Result<(std::net::TcpStream, std::net::SocketAddr)> {
@@ -255,15 +255,6 @@ async fn accept(
 #[allow(deprecated)]
 fn polled_listener(l: std::net::TcpListener) -> std::io::Result<AsyncFd<std::net::TcpListener>> {
     AsyncFd::new(l)
-}
-
-/// [`refuse::refuse`] for a connection not yet in the poller.
-fn refuse_std(stream: std::net::TcpStream, r: Refusal<'_>, stats: &Stats, log: &LogLimit) {
-    match forward::into_polled(stream) {
-        Ok(stream) => refuse::refuse(stream, r, stats, log),
-        // Dropping it closes it all the same (a FIN instead of a reset).
-        Err(e) => tracing::debug!(error = %e, "a refused connection could not be polled"),
-    }
 }
 
 /// Counts a flow as open (gauge and `/status`) for as long as it lives.

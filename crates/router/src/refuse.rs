@@ -9,7 +9,9 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use std::net::TcpStream;
+
+use nix::sys::socket::{setsockopt, sockopt};
 
 use crate::stats::Stats;
 
@@ -89,7 +91,8 @@ pub struct Refusal<'a> {
     pub reason: Reason,
 }
 
-/// Resets `stream` (no byte sent), logs the denial within the limit and counts it.
+/// Resets `stream` (no byte sent), logs the denial within the limit and counts it. The connection
+/// never enters the poller: nothing is read from it or written to it.
 pub fn refuse(stream: TcpStream, r: Refusal<'_>, stats: &Stats, log: &LogLimit) {
     let Refusal {
         client,
@@ -116,7 +119,11 @@ pub fn refuse(stream: TcpStream, r: Refusal<'_>, stats: &Stats, log: &LogLimit) 
     }
     // Counted before the reset, so whoever sees the reset also sees the count.
     // SO_LINGER 0: close() sends RST and discards anything queued; nothing was written anyway.
-    if let Err(e) = stream.set_zero_linger() {
+    let zero_linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    if let Err(e) = setsockopt(&stream, sockopt::Linger, &zero_linger) {
         tracing::debug!(error = %e, "SO_LINGER 0 failed; closing normally");
     }
     drop(stream);
