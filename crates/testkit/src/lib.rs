@@ -60,7 +60,7 @@ pub struct Sandbox {
     launcher: Launcher,
     children: BTreeMap<String, Child>,
     _slot: Flock<File>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Sandbox {
@@ -84,7 +84,7 @@ impl Sandbox {
             launcher,
             children: BTreeMap::new(),
             _slot: slot,
-            _dir: dir,
+            dir,
         };
         let names = sandbox.launcher.topology.node_names();
         for name in &names {
@@ -226,7 +226,7 @@ impl Drop for Sandbox {
             ));
             let _ = std::process::Command::new("cp")
                 .arg("-a")
-                .arg(self._dir.path())
+                .arg(self.dir.path())
                 .arg(&to)
                 .status();
         }
