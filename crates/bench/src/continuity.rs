@@ -185,7 +185,8 @@ pub async fn rows(
         .await
         .context("the fabric takes mail")?;
 
-    let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    // (subject, host that answered 250, when the send started, when it ended)
+    let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for s in 0..2 {
@@ -194,8 +195,14 @@ pub async fn rows(
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let subject = format!("continuity {s}-{n}");
+                let started = Instant::now();
                 if let Some(host) = send(&file, &subject).await {
-                    accepted.lock().await.push((subject, host));
+                    accepted.lock().await.push(Accepted {
+                        subject,
+                        host,
+                        started,
+                        ended: Instant::now(),
+                    });
                 }
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -205,6 +212,7 @@ pub async fn rows(
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The site dies.
+    let dying = Instant::now();
     for (name, child) in children.iter_mut() {
         if servers.contains(name) {
             let _ = child.kill();
@@ -223,7 +231,7 @@ pub async fn rows(
         if first_relay.is_none()
             && accepted.lock().await[before..]
                 .iter()
-                .any(|(_, host)| host.starts_with(&secondary))
+                .any(|a| a.host.starts_with(&secondary))
         {
             first_relay = Some(died.elapsed());
         }
@@ -260,6 +268,7 @@ pub async fn rows(
 
     // Recovery: the originals take their addresses back; the outage's mail must all be there.
     let recovered = Instant::now();
+    let twice;
     for name in &servers {
         launcher.reclaim_from_standby(name).await?;
         let child = launcher.spawn(
@@ -277,9 +286,15 @@ pub async fn rows(
             .await?;
     }
     let accepted = accepted.lock().await.clone();
+    // A send under way while the servers died may have been stored by a server that died before its
+    // 250 reached the sender, who then sent it again to the next address: SMTP's own duplicate window
+    // (RFC 1047), a new transaction the fabric cannot tell from a new message. Only those may arrive
+    // twice (as tests/continuity.rs allows); everything else exactly once.
+    let in_flight = |a: &Accepted| a.started <= died && a.ended >= dying;
+    let right = |a: &Accepted, n: Option<&usize>| n == Some(&1) || (n == Some(&2) && in_flight(a));
     loop {
         let counts = mailbox(&store).await?;
-        let all_once = accepted.iter().all(|(s, _)| counts.get(s) == Some(&1));
+        let all_once = accepted.iter().all(|a| right(a, counts.get(&a.subject)));
         let mut queued = 0;
         for s in t.site_stores(&relays_site(&t)) {
             if let Some(c) = StoreClient::for_node(s) {
@@ -291,18 +306,29 @@ pub async fn rows(
             }
         }
         if all_once && queued == 0 {
+            twice = accepted
+                .iter()
+                .filter(|a| counts.get(&a.subject) == Some(&2))
+                .count();
             break;
         }
         if recovered.elapsed() > LIMIT {
             // Name what is wrong, so a run that fails says where to look.
             let wrong: Vec<String> = accepted
                 .iter()
-                .filter(|(s, _)| counts.get(s) != Some(&1))
+                .filter(|a| !right(a, counts.get(&a.subject)))
                 .take(5)
-                .map(|(s, host)| {
+                .map(|a| {
                     format!(
-                        "{s:?} (accepted by {host}) {} time(s)",
-                        counts.get(s).copied().unwrap_or(0)
+                        "{:?} (accepted by {}{}) {} time(s)",
+                        a.subject,
+                        a.host,
+                        if in_flight(a) {
+                            ", in flight at the kill"
+                        } else {
+                            ""
+                        },
+                        counts.get(&a.subject).copied().unwrap_or(0)
                     )
                 })
                 .collect();
@@ -310,7 +336,7 @@ pub async fn rows(
                 "continuity: the mailbox was not complete within {LIMIT:?} of the recovery: {} of {} accepted messages not there exactly once (first: {}); {queued} still in relay queues",
                 accepted
                     .iter()
-                    .filter(|(s, _)| counts.get(s) != Some(&1))
+                    .filter(|a| !right(a, counts.get(&a.subject)))
                     .count(),
                 accepted.len(),
                 wrong.join(", ")
@@ -321,7 +347,7 @@ pub async fn rows(
     let merged = recovered.elapsed();
     let via_relay = accepted
         .iter()
-        .filter(|(_, h)| h.starts_with(&secondary))
+        .filter(|a| a.host.starts_with(&secondary))
         .count();
     let secs =
         |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
@@ -344,7 +370,7 @@ pub async fn rows(
         secs(Some(merged))
     );
     println!(
-        "{} messages accepted during the run ({via_relay} by relays), each in the mailbox once",
+        "{} messages accepted during the run ({via_relay} by relays), each in the mailbox once; {twice} sent again by its sender after the kill cut its first attempt short (RFC 1047), in the mailbox twice",
         accepted.len()
     );
     let area = "continuity (issue 5)";
@@ -379,13 +405,22 @@ pub async fn rows(
         Row::new(
             area,
             format!(
-                "messages accepted during the run ({via_relay} by relays), each delivered once"
+                "messages accepted during the run ({via_relay} by relays), each delivered once ({twice} twice: resent after the kill, RFC 1047)"
             ),
             "messages",
         )
         .fabric(accepted.len() as f64),
     );
     Ok(())
+}
+
+/// One message a sender got its 250 for.
+#[derive(Clone)]
+struct Accepted {
+    subject: String,
+    host: String,
+    started: Instant,
+    ended: Instant,
 }
 
 /// The site whose relays stand in for the home site (the first other site with relays).
