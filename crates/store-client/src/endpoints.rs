@@ -452,19 +452,38 @@ impl StoreClient {
     }
 
     /// Ships encoded batches to a mirror; answers the mirror's LSN after it applied them.
-    pub async fn replica_apply(&self, origin: &str, shipment: Bytes) -> Result<u64, ClientError> {
+    /// Sends a shipment whose encoding is `chunks` in order (`len` bytes in all), as one body
+    /// written without joining them (the batches are not copied).
+    pub async fn replica_apply(
+        &self,
+        origin: &str,
+        chunks: Vec<Bytes>,
+        len: usize,
+    ) -> Result<u64, ClientError> {
         #[derive(Deserialize)]
         struct S {
             lsn: u64,
         }
-        let s: S = self
-            .json(
-                Method::POST,
-                &format!("/v1/replica/{}/apply", segment(origin)),
-                &[(CONTENT_TYPE.as_str(), "application/octet-stream".into())],
-                shipment,
-            )
-            .await?;
+        let path = format!("/v1/replica/{}/apply", segment(origin));
+        let frames = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(c))),
+        );
+        let body = BodyExt::boxed(StreamBody::new(frames));
+        let headers = [
+            (
+                CONTENT_TYPE.as_str(),
+                "application/octet-stream".to_string(),
+            ),
+            (CONTENT_LENGTH.as_str(), len.to_string()),
+        ];
+        let resp = self.send(Method::POST, &path, &headers, body).await?;
+        let resp = crate::check(&self.base, &path, resp)?;
+        let s: S = serde_json::from_slice(&resp.body).map_err(|e| ClientError::Decode {
+            url: format!("{}{path}", self.base),
+            message: e.to_string(),
+        })?;
         Ok(s.lsn)
     }
 

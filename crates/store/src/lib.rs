@@ -15,6 +15,7 @@
 //! - `writer`: the group-commit writer task; `syncer`: the thread that makes its commits durable
 //!   while it goes on.
 //! - `replication`: shipping batches to mirrors; when a write counts as durable; degraded mode.
+//! - `wire`: a shipment's encoding, written and read without copying its batches.
 //! - `replog`: the replication log, which keeps operations but takes bodies from their rows.
 //! - `replicas`: the copies this store holds for other stores.
 //! - `rebuild`: refilling a store that lost its disk from its mirror.
@@ -45,6 +46,7 @@ mod telemetry;
 #[cfg(test)]
 mod test_db;
 mod util;
+mod wire;
 mod writer;
 
 use std::path::PathBuf;

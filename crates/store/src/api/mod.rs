@@ -214,6 +214,16 @@ pub async fn read_body(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Vec<u8>, StoreError> {
+    Ok(read_body_bytes(store, headers, body).await?.to_vec())
+}
+
+/// [`read_body`] into one shared buffer (collected with a single copy), for a caller that keeps
+/// slices of it.
+pub async fn read_body_bytes(
+    store: &Store,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, StoreError> {
     let limit = store.config.max_body_bytes;
     if let Some(len) =
         header_str(headers, header::CONTENT_LENGTH.as_str())?.and_then(|v| v.parse::<u64>().ok())
@@ -222,7 +232,7 @@ pub async fn read_body(
         return Err(StoreError::TooLarge { size: len, limit });
     }
     match axum::body::to_bytes(body, limit as usize).await {
-        Ok(b) => Ok(b.to_vec()),
+        Ok(b) => Ok(b),
         Err(e) => {
             let text = format!("{e}");
             if text.contains("length limit") {

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
-use super::{Shared, path, read_body};
+use super::{Shared, path, read_body_bytes};
 use crate::error::StoreError;
 use crate::ops::Shipment;
 
@@ -21,9 +21,8 @@ pub async fn apply(
 ) -> Result<Response, StoreError> {
     let origin = path(p)?;
     let replica = store.replicas.get(&origin)?;
-    let bytes = read_body(&store, &headers, body).await?;
-    let shipment: Shipment = postcard::from_bytes(&bytes)
-        .map_err(|e| StoreError::BadRequest(format!("undecodable shipment: {e}")))?;
+    let bytes = read_body_bytes(&store, &headers, body).await?;
+    let shipment = Shipment::from_body(bytes)?;
     let lsn = replica.apply(shipment).await?;
     Ok(axum::Json(json!({"origin": origin, "lsn": lsn})).into_response())
 }

@@ -482,15 +482,13 @@ impl Replication {
             epoch: self.epoch(),
             batches,
         };
-        let bytes = postcard::to_stdvec(&shipment).map_err(|e| ClientError::Decode {
-            url: link.client.base().to_string(),
-            message: e.to_string(),
-        })?;
+        // The ring's own bytes go out as they are (see `wire`).
+        let (chunks, len) = shipment.to_chunks();
         metrics::counter!("fabric_store_shipments_total", "mirror" => link.name.clone())
             .increment(1);
         metrics::counter!("fabric_store_shipped_batches_total", "mirror" => link.name.clone())
             .increment(count as u64);
-        link.client.replica_apply(&self.me, bytes.into()).await
+        link.client.replica_apply(&self.me, chunks, len).await
     }
 
     /// Consecutive batches from `from`, from the ring if it reaches back that far, else from the log.
