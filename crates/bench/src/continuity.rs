@@ -185,7 +185,6 @@ pub async fn rows(
         .await
         .context("the fabric takes mail")?;
 
-    // (subject, host that answered 250, when the send started, when it ended)
     let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();

@@ -451,9 +451,9 @@ impl StoreClient {
         .await
     }
 
-    /// Ships encoded batches to a mirror; answers the mirror's LSN after it applied them.
-    /// Sends a shipment whose encoding is `chunks` in order (`len` bytes in all), as one body
-    /// written without joining them (the batches are not copied).
+    /// Ships encoded batches to a mirror; answers the mirror's LSN after it applied them. The
+    /// shipment's encoding is `chunks` in order (`len` bytes in all), sent as one body without
+    /// joining them (the batches are not copied).
     pub async fn replica_apply(
         &self,
         origin: &str,
