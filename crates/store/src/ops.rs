@@ -448,6 +448,8 @@ pub fn encode_batch(ops: &[PhysOp]) -> Result<Vec<u8>, StoreError> {
             _ => 0,
         })
         .sum::<usize>()
+        // Room for each operation's names, ids and times, and the batch's length: a short guess
+        // costs one more growth, not a wrong encoding.
         + 160 * ops.len()
         + 16;
     postcard::to_extend(ops, Vec::with_capacity(room))
